@@ -1,0 +1,417 @@
+//! Semantic validation: every problem in a config, each named by its path.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::model::*;
+use crate::values::{is_header_value, is_hostname, is_token};
+
+/// One problem in a config, e.g. `listeners[1].routes[0].split[2].weight: must be between 1 and 10000`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidationError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Largest weight of a split entry or an endpoint.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// Checks everything that deserialization does not: references, uniqueness,
+/// bind conflicts, value syntax and ranges. Returns every problem found.
+pub fn validate(config: &Config) -> Result<(), Vec<ValidationError>> {
+    let mut v = Validator::default();
+    v.config(config);
+    if v.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(v.errors)
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ValidationError>,
+}
+
+impl Validator {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ValidationError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn check<T>(&mut self, path: impl Into<String>, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.error(path, message);
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, config: &Config) {
+        if let Some(version) = &config.version {
+            if version.len() > 256 || version.chars().any(char::is_control) {
+                self.error("version", "must be at most 256 printable characters");
+            }
+        }
+        self.check("drain_timeout", config.drain_timeout.parse());
+
+        let mut binds: Vec<(String, SocketAddr)> = Vec::new();
+        if let Some(addr) = self.check("admin.bind", config.admin.bind.parse()) {
+            binds.push(("admin.bind".into(), addr));
+        }
+
+        let clusters = self.clusters(&config.clusters);
+
+        let mut listener_names = HashMap::new();
+        for (index, listener) in config.listeners.iter().enumerate() {
+            let path = format!("listeners[{index}]");
+            self.name(&format!("{path}.name"), &listener.name);
+            if let Some(first) = listener_names.insert(listener.name.as_str(), index) {
+                self.error(
+                    format!("{path}.name"),
+                    format!("duplicate listener name {:?} (also listeners[{first}])", listener.name),
+                );
+            }
+            if let Some(addr) = self.check(format!("{path}.bind"), listener.bind.parse()) {
+                binds.push((format!("{path}.bind"), addr));
+            }
+            self.listener(&path, listener, &clusters);
+        }
+
+        for (i, (path, addr)) in binds.iter().enumerate() {
+            if let Some((other, _)) = binds[..i].iter().find(|(_, earlier)| binds_conflict(*earlier, *addr)) {
+                self.error(path.clone(), format!("address {addr} conflicts with {other}"));
+            }
+        }
+    }
+
+    fn name(&mut self, path: &str, name: &str) {
+        if name.is_empty() || name.len() > 128 {
+            self.error(path, "must be 1 to 128 characters");
+        } else if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':'))
+        {
+            self.error(
+                path,
+                format!("invalid name {name:?}: use letters, digits and - _ . / :"),
+            );
+        }
+    }
+
+    /// Validates clusters and returns the cluster names with their index.
+    fn clusters<'a>(&mut self, clusters: &'a [Cluster]) -> HashMap<&'a str, usize> {
+        let mut names = HashMap::new();
+        for (index, cluster) in clusters.iter().enumerate() {
+            let path = format!("clusters[{index}]");
+            self.name(&format!("{path}.name"), &cluster.name);
+            if let Some(first) = names.insert(cluster.name.as_str(), index) {
+                self.error(
+                    format!("{path}.name"),
+                    format!("duplicate cluster name {:?} (also clusters[{first}])", cluster.name),
+                );
+            }
+            let mut seen = HashSet::new();
+            for (e, endpoint) in cluster.endpoints.iter().enumerate() {
+                let endpoint_path = format!("{path}.endpoints[{e}]");
+                let address = endpoint.address();
+                self.check(endpoint_path.clone(), address.parse());
+                if !seen.insert(address.as_str()) {
+                    self.error(endpoint_path.clone(), format!("duplicate endpoint {:?}", address.as_str()));
+                }
+                if !(1..=MAX_WEIGHT).contains(&endpoint.weight()) {
+                    self.error(format!("{endpoint_path}.weight"), format!("must be between 1 and {MAX_WEIGHT}"));
+                }
+            }
+            if let Some(connect) = self.check(format!("{path}.connect_timeout"), cluster.connect_timeout.parse()) {
+                if connect.is_zero() {
+                    self.error(format!("{path}.connect_timeout"), "must be greater than 0");
+                }
+            }
+            self.check(format!("{path}.pool.idle_timeout"), cluster.pool.idle_timeout.parse());
+            if cluster.pool.max_concurrent_streams == 0 {
+                self.error(format!("{path}.pool.max_concurrent_streams"), "must be at least 1");
+            }
+            match (&cluster.hash_on, cluster.lb) {
+                (Some(_), lb) if lb != LbPolicy::RingHash => {
+                    self.error(format!("{path}.hash_on"), "only used with lb: ring_hash")
+                }
+                (Some(HashOn::Header(name)), _) if !is_token(name) => self.error(
+                    format!("{path}.hash_on.header"),
+                    format!("invalid header name {name:?}"),
+                ),
+                _ => {}
+            }
+        }
+        names
+    }
+
+    fn listener(&mut self, path: &str, listener: &Listener, clusters: &HashMap<&str, usize>) {
+        if let Some(detect) = self.check(format!("{path}.detect_timeout"), listener.detect_timeout.parse()) {
+            if detect.is_zero() {
+                self.error(format!("{path}.detect_timeout"), "must be greater than 0");
+            }
+        }
+        let http = &listener.http;
+        if !(1024..=1024 * 1024).contains(&http.max_header_bytes) {
+            self.error(format!("{path}.http.max_header_bytes"), "must be between 1024 and 1048576");
+        }
+        if !(1..=1024).contains(&http.max_headers) {
+            self.error(format!("{path}.http.max_headers"), "must be between 1 and 1024");
+        }
+        if http.max_concurrent_streams == 0 {
+            self.error(format!("{path}.http.max_concurrent_streams"), "must be at least 1");
+        }
+        for (field, value) in [
+            ("header_read_timeout", &http.header_read_timeout),
+            ("idle_timeout", &http.idle_timeout),
+        ] {
+            if let Some(parsed) = self.check(format!("{path}.http.{field}"), value.parse()) {
+                if parsed.is_zero() {
+                    self.error(format!("{path}.http.{field}"), "must be greater than 0");
+                }
+            }
+        }
+        if let Some(idle) = self.check(format!("{path}.tcp.idle_timeout"), listener.tcp.idle_timeout.parse()) {
+            if idle.is_zero() {
+                self.error(format!("{path}.tcp.idle_timeout"), "must be greater than 0");
+            }
+        }
+
+        let mut route_names = HashMap::new();
+        for (index, route) in listener.routes.iter().enumerate() {
+            let route_path = format!("{path}.routes[{index}]");
+            if let Some(name) = &route.name {
+                self.name(&format!("{route_path}.name"), name);
+                if let Some(first) = route_names.insert(name.as_str(), index) {
+                    self.error(
+                        format!("{route_path}.name"),
+                        format!("duplicate route name {name:?} (also routes[{first}])"),
+                    );
+                }
+            }
+            self.route(&route_path, route, clusters);
+            if listener.protocol == ListenerProtocol::Tcp {
+                self.tcp_only(&route_path, route);
+            }
+        }
+        if listener.protocol == ListenerProtocol::Tcp {
+            if listener.routes.is_empty() {
+                self.error(format!("{path}.routes"), "a tcp listener needs a route");
+            } else if listener.routes.len() > 1 {
+                self.error(
+                    format!("{path}.routes[1]"),
+                    "unreachable: a tcp listener sends every connection to its first route",
+                );
+            }
+        }
+    }
+
+    fn tcp_only(&mut self, path: &str, route: &Route) {
+        if route.matches.has_http_criteria() {
+            self.error(format!("{path}.match"), "HTTP match criteria on a tcp listener");
+        }
+        if route.timeout.is_some() {
+            self.error(format!("{path}.timeout"), "HTTP timeout on a tcp listener");
+        }
+        if !route.request_headers.is_empty() || !route.response_headers.is_empty() {
+            self.error(format!("{path}.request_headers"), "header edits on a tcp listener");
+        }
+    }
+
+    fn route(&mut self, path: &str, route: &Route, clusters: &HashMap<&str, usize>) {
+        let m = &route.matches;
+        if let Some(host) = &m.host {
+            let (name, port) = match host.rsplit_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host.as_str(), None),
+            };
+            let name = name.strip_prefix("*.").unwrap_or(name);
+            if !is_hostname(name) || port.is_some_and(|port| port.parse::<u16>().is_err()) {
+                self.error(
+                    format!("{path}.match.host"),
+                    format!("invalid host {host:?}: expected a host name, optionally starting with \"*.\" and ending with \":PORT\""),
+                );
+            }
+        }
+        match &m.path {
+            Some(PathMatch::Exact(p)) | Some(PathMatch::Prefix(p)) if !p.starts_with('/') => {
+                let kind = if matches!(m.path, Some(PathMatch::Exact(_))) { "exact" } else { "prefix" };
+                self.error(format!("{path}.match.path.{kind}"), format!("{p:?} must start with \"/\""));
+            }
+            Some(PathMatch::Regex(pattern)) => self.regex(&format!("{path}.match.path.regex"), pattern),
+            _ => {}
+        }
+        for (name, matcher) in &m.headers {
+            let header_path = format!("{path}.match.headers.{name}");
+            if !is_token(name) {
+                self.error(header_path.clone(), format!("invalid header name {name:?}"));
+            }
+            match matcher {
+                HeaderMatch::Exact(value) => self.header_value(&header_path, value),
+                HeaderMatch::Rule(rule) => {
+                    let given = [rule.exact.is_some(), rule.regex.is_some(), rule.present.is_some()]
+                        .iter()
+                        .filter(|given| **given)
+                        .count();
+                    if given != 1 {
+                        self.error(header_path.clone(), "give exactly one of exact, regex, present");
+                    }
+                    if let Some(value) = &rule.exact {
+                        self.header_value(&format!("{header_path}.exact"), value);
+                    }
+                    if let Some(pattern) = &rule.regex {
+                        self.regex(&format!("{header_path}.regex"), pattern);
+                    }
+                }
+            }
+        }
+        if let Some(methods) = &m.method {
+            if methods.as_slice().is_empty() {
+                self.error(format!("{path}.match.method"), "empty method list");
+            }
+            for (i, method) in methods.as_slice().iter().enumerate() {
+                if !is_token(method) {
+                    let method_path = match methods {
+                        OneOrMany::One(_) => format!("{path}.match.method"),
+                        OneOrMany::Many(_) => format!("{path}.match.method[{i}]"),
+                    };
+                    self.error(method_path, format!("invalid method {method:?}"));
+                }
+            }
+        }
+
+        match (&route.cluster, &route.split) {
+            (Some(_), Some(_)) => self.error(path, "give either cluster or split, not both"),
+            (None, None) => self.error(path, "give cluster or split"),
+            (Some(cluster), None) => self.cluster_ref(&format!("{path}.cluster"), cluster, clusters),
+            (None, Some(split)) => {
+                if split.is_empty() {
+                    self.error(format!("{path}.split"), "must list at least one cluster");
+                }
+                let mut seen = HashSet::new();
+                for (i, entry) in split.iter().enumerate() {
+                    let entry_path = format!("{path}.split[{i}]");
+                    self.cluster_ref(&format!("{entry_path}.cluster"), &entry.cluster, clusters);
+                    if !seen.insert(entry.cluster.as_str()) {
+                        self.error(
+                            format!("{entry_path}.cluster"),
+                            format!("cluster {:?} appears twice in the split", entry.cluster),
+                        );
+                    }
+                    if !(1..=MAX_WEIGHT).contains(&entry.weight) {
+                        self.error(format!("{entry_path}.weight"), format!("must be between 1 and {MAX_WEIGHT}"));
+                    }
+                }
+            }
+        }
+        if let Some(timeout) = &route.timeout {
+            self.check(format!("{path}.timeout"), timeout.parse());
+        }
+        self.header_edits(&format!("{path}.request_headers"), &route.request_headers);
+        self.header_edits(&format!("{path}.response_headers"), &route.response_headers);
+    }
+
+    fn cluster_ref(&mut self, path: &str, name: &str, clusters: &HashMap<&str, usize>) {
+        if !clusters.contains_key(name) {
+            self.error(path, format!("unknown cluster {name:?}"));
+        }
+    }
+
+    fn regex(&mut self, path: &str, pattern: &str) {
+        if let Err(error) = regex::Regex::new(pattern) {
+            let detail = error.to_string();
+            let last_line = detail.lines().last().unwrap_or("").trim();
+            self.error(path, format!("invalid regex {pattern:?}: {last_line}"));
+        }
+    }
+
+    fn header_value(&mut self, path: &str, value: &str) {
+        if !is_header_value(value) {
+            self.error(path, format!("invalid header value {value:?}"));
+        }
+    }
+
+    fn header_edits(&mut self, path: &str, edits: &HeaderEdits) {
+        for (name, value) in edits.add.iter().map(|e| ("add", e)).chain(edits.set.iter().map(|e| ("set", e))) {
+            let (header, value) = value;
+            let entry_path = format!("{path}.{name}.{header}");
+            if !is_token(header) {
+                self.error(entry_path.clone(), format!("invalid header name {header:?}"));
+            } else if is_protected_header(header) {
+                self.error(entry_path.clone(), format!("{header:?} is managed by the proxy and cannot be edited"));
+            }
+            self.header_value(&entry_path, value);
+        }
+        for (i, header) in edits.remove.iter().enumerate() {
+            let entry_path = format!("{path}.remove[{i}]");
+            if !is_token(header) {
+                self.error(entry_path, format!("invalid header name {header:?}"));
+            } else if is_protected_header(header) {
+                self.error(entry_path, format!("{header:?} is managed by the proxy and cannot be edited"));
+            }
+        }
+    }
+}
+
+/// Headers that carry framing or connection state; editing them would corrupt
+/// the exchange or open a smuggling hole.
+fn is_protected_header(name: &str) -> bool {
+    const PROTECTED: [&str; 8] = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-connection",
+    ];
+    PROTECTED.iter().any(|p| p.eq_ignore_ascii_case(name)) || name.starts_with(':')
+}
+
+/// Two binds conflict when the kernel would refuse the second: same port and
+/// the same address, or a wildcard address of an overlapping family.
+fn binds_conflict(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    match (a.ip(), b.ip()) {
+        (x, y) if x == y => true,
+        (IpAddr::V4(x), IpAddr::V4(y)) => x.is_unspecified() || y.is_unspecified(),
+        // `[::]` is dual-stack on Linux by default and takes the IPv4 port too.
+        (IpAddr::V6(x), IpAddr::V6(y)) => x.is_unspecified() || y.is_unspecified(),
+        (IpAddr::V6(v6), IpAddr::V4(_)) | (IpAddr::V4(_), IpAddr::V6(v6)) => v6.is_unspecified(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn bind_conflicts() {
+        assert!(binds_conflict(bind("0.0.0.0:80"), bind("127.0.0.1:80")));
+        assert!(binds_conflict(bind("127.0.0.1:80"), bind("127.0.0.1:80")));
+        assert!(!binds_conflict(bind("127.0.0.1:80"), bind("127.0.0.2:80")));
+        assert!(!binds_conflict(bind("127.0.0.1:80"), bind("127.0.0.1:81")));
+        assert!(binds_conflict(bind("[::]:80"), bind("10.0.0.1:80")));
+        assert!(!binds_conflict(bind("[::1]:80"), bind("127.0.0.1:80")));
+        assert!(!binds_conflict(bind("127.0.0.1:0"), bind("127.0.0.1:0")));
+    }
+}

@@ -1,0 +1,220 @@
+use config_model::{from_json_str, from_yaml_str, validate, Config, Endpoint, HeaderMatch, PathMatch};
+
+const EXAMPLE: &str = r#"
+admin: { bind: 127.0.0.1:15000 }
+listeners:
+  - name: web
+    bind: 0.0.0.0:8080
+    protocol: auto
+    routes:
+      - match: { host: api.example.com, path: { prefix: /v1 }, headers: { x-canary: "true" }, method: GET }
+        split: [ { cluster: api-v1, weight: 90 }, { cluster: api-v2, weight: 10 } ]
+        timeout: 5s
+        request_headers: { add: { x-via: edgeplane }, remove: [ x-debug ] }
+      - match: { path: { prefix: / } }
+        cluster: web
+  - name: db
+    bind: 127.0.0.1:13306
+    protocol: tcp
+    routes: [ { cluster: mysql } ]
+clusters:
+  - name: api-v1
+    endpoints: [ 127.0.0.1:9001, { address: 127.0.0.1:9002, weight: 2 } ]
+    lb: round_robin
+    protocol: http1
+  - name: api-v2
+    endpoints: [ 127.0.0.1:9003 ]
+    protocol: http2
+  - name: web
+    endpoints: [ localhost:9004 ]
+    lb: ring_hash
+    hash_on: { header: x-user }
+  - name: mysql
+    endpoints: [ 127.0.0.1:3306 ]
+"#;
+
+fn errors(config: &Config) -> Vec<String> {
+    validate(config)
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn the_issue_example_is_valid() {
+    let config = from_yaml_str(EXAMPLE).unwrap();
+    assert_eq!(errors(&config), Vec::<String>::new());
+    let route = &config.listeners[0].routes[0];
+    assert_eq!(route.matches.host.as_deref(), Some("api.example.com"));
+    assert_eq!(route.matches.path, Some(PathMatch::Prefix("/v1".into())));
+    assert_eq!(
+        route.matches.headers["x-canary"],
+        HeaderMatch::Exact("true".into())
+    );
+    assert_eq!(route.split.as_ref().unwrap()[1].weight, 10);
+    assert!(matches!(config.clusters[0].endpoints[1], Endpoint::Detailed(_)));
+    assert_eq!(config.clusters[0].endpoints[1].weight(), 2);
+}
+
+#[test]
+fn json_and_yaml_give_the_same_config() {
+    let from_yaml = from_yaml_str(EXAMPLE).unwrap();
+    let json = serde_json::to_string(&from_yaml).unwrap();
+    let from_json = from_json_str(&json).unwrap();
+    assert_eq!(from_yaml, from_json);
+}
+
+#[test]
+fn every_error_is_reported_with_its_path() {
+    let config = from_yaml_str(
+        r#"
+admin: { bind: "nonsense" }
+drain_timeout: 10 parsecs
+listeners:
+  - name: web
+    bind: 0.0.0.0:8080
+    detect_timeout: 5x
+    routes:
+      - match:
+          path: { regex: "([a-z" }
+          headers: { "bad header": x, x-ok: { regex: "(" }, x-two: { exact: a, present: true } }
+          method: [ GET, "BAD METHOD" ]
+        split: [ { cluster: a, weight: 1 }, { cluster: missing, weight: 1 }, { cluster: b, weight: 0 } ]
+      - match: { path: { prefix: v1 }, host: "bad host!" }
+        cluster: a
+        cluster_typo_is_not_here: 1
+"#,
+    );
+    // Unknown fields are rejected while parsing, with their path.
+    let error = config.unwrap_err().to_string();
+    assert!(error.contains("listeners[0].routes[1]"), "{error}");
+    assert!(error.contains("cluster_typo_is_not_here"), "{error}");
+
+    let config = from_yaml_str(
+        r#"
+admin: { bind: "nonsense" }
+drain_timeout: 10 parsecs
+listeners:
+  - name: web
+    bind: 0.0.0.0:8080
+    detect_timeout: 5x
+    routes:
+      - match:
+          path: { regex: "([a-z" }
+          headers: { "bad header": x, x-ok: { regex: "(" }, x-two: { exact: a, present: true } }
+          method: [ GET, "BAD METHOD" ]
+        split: [ { cluster: a, weight: 1 }, { cluster: missing, weight: 1 }, { cluster: b, weight: 0 } ]
+      - match: { path: { prefix: v1 }, host: "bad host!" }
+        cluster: a
+        timeout: forever
+        request_headers: { add: { content-length: "1" }, remove: [ "a b" ] }
+  - name: web
+    bind: 127.0.0.1:8080
+    protocol: tcp
+    routes: [ { cluster: a, match: { path: { prefix: / } } }, { cluster: b } ]
+clusters:
+  - name: a
+    endpoints: [ "127.0.0.1", { address: 127.0.0.1:1, weight: 20000 }, "127.0.0.1:1" ]
+    connect_timeout: 0s
+    hash_on: source_ip
+  - name: b
+    endpoints: []
+  - name: a
+"#,
+    )
+    .unwrap();
+    let errors = errors(&config);
+    let expected = [
+        "admin.bind: invalid address \"nonsense\"",
+        "drain_timeout: invalid duration \"10 parsecs\"",
+        "listeners[0].detect_timeout: invalid duration \"5x\"",
+        "listeners[0].routes[0].match.path.regex: invalid regex \"([a-z\"",
+        "listeners[0].routes[0].match.headers.bad header: invalid header name",
+        "listeners[0].routes[0].match.headers.x-ok.regex: invalid regex",
+        "listeners[0].routes[0].match.headers.x-two: give exactly one of exact, regex, present",
+        "listeners[0].routes[0].match.method[1]: invalid method \"BAD METHOD\"",
+        "listeners[0].routes[0].split[1].cluster: unknown cluster \"missing\"",
+        "listeners[0].routes[0].split[2].weight: must be between 1 and 10000",
+        "listeners[0].routes[1].match.host: invalid host \"bad host!\"",
+        "listeners[0].routes[1].match.path.prefix: \"v1\" must start with \"/\"",
+        "listeners[0].routes[1].timeout: invalid duration \"forever\"",
+        "listeners[0].routes[1].request_headers.add.content-length: \"content-length\" is managed by the proxy",
+        "listeners[0].routes[1].request_headers.remove[0]: invalid header name \"a b\"",
+        "listeners[1].name: duplicate listener name \"web\" (also listeners[0])",
+        "listeners[1].bind: address 127.0.0.1:8080 conflicts with listeners[0].bind",
+        "listeners[1].routes[0].match: HTTP match criteria on a tcp listener",
+        "listeners[1].routes[1]: unreachable: a tcp listener sends every connection to its first route",
+        "clusters[0].endpoints[0]: invalid address \"127.0.0.1\"",
+        "clusters[0].endpoints[1].weight: must be between 1 and 10000",
+        "clusters[0].endpoints[2]: duplicate endpoint \"127.0.0.1:1\"",
+        "clusters[0].connect_timeout: must be greater than 0",
+        "clusters[0].hash_on: only used with lb: ring_hash",
+        "clusters[2].name: duplicate cluster name \"a\" (also clusters[0])",
+    ];
+    for want in expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "missing error {want:?} in:\n{}",
+            errors.join("\n")
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "unexpected extra errors:\n{}", errors.join("\n"));
+}
+
+#[test]
+fn parse_errors_name_the_path() {
+    let error = from_yaml_str("listeners: [ { name: a, bind: 127.0.0.1:1, protocol: quic } ]")
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("listeners[0].protocol: "), "{error}");
+    assert!(error.contains("quic"), "{error}");
+
+    let error = from_json_str(r#"{"clusters": [{"name": "a", "lb": "fastest"}]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("clusters[0].lb: "), "{error}");
+
+    let error = from_yaml_str("listeners: [ { name: a ").unwrap_err().to_string();
+    assert!(!error.is_empty());
+
+    let error = from_json_str("{} trailing").unwrap_err().to_string();
+    assert!(error.contains("trailing"), "{error}");
+}
+
+#[test]
+fn defaults_fill_an_empty_config() {
+    let config = from_yaml_str("{}").unwrap();
+    assert_eq!(config.admin.bind.as_str(), "127.0.0.1:15000");
+    assert_eq!(config.drain_timeout.as_str(), "30s");
+    assert!(validate(&config).is_ok());
+}
+
+#[test]
+fn schema_describes_the_model() {
+    let schema = config_model::json_schema();
+    let text = schema.to_string();
+    for field in ["listeners", "clusters", "split", "max_header_bytes", "ring_hash", "forwarded_for"] {
+        assert!(text.contains(field), "schema lacks {field}");
+    }
+    assert_eq!(schema["type"], "object");
+}
+
+#[test]
+fn scalar_or_structured_fields_explain_their_errors() {
+    let error = from_yaml_str("clusters: [ {name: a, endpoints: [ {address: 1.2.3.4:5, wieght: 3} ] } ]")
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("clusters[0].endpoints[0].wieght: "), "{error}");
+    assert!(error.contains("unknown field `wieght`"), "{error}");
+
+    // YAML booleans and numbers are read as the strings they look like.
+    let config = from_yaml_str(
+        "listeners: [ { name: a, bind: 1.2.3.4:5, routes: [ { cluster: c, match: { headers: { x-canary: true, x-n: 5 } } } ] } ]",
+    )
+    .unwrap();
+    let headers = &config.listeners[0].routes[0].matches.headers;
+    assert_eq!(headers["x-canary"], HeaderMatch::Exact("true".into()));
+    assert_eq!(headers["x-n"], HeaderMatch::Exact("5".into()));
+}
