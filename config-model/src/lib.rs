@@ -61,10 +61,8 @@ impl Format {
 
 /// Reads and parses a config file (not validated).
 pub fn load_file(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
     from_str(&text, Format::from_path(path))
 }
 
@@ -78,14 +76,9 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, LoadError> {
 
 pub fn from_json_str(text: &str) -> Result<Config, LoadError> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let config: Config = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| LoadError::Parse {
-        at: path_text(error.path()),
-        message: error.into_inner().to_string(),
-    })?;
-    deserializer.end().map_err(|error| LoadError::Parse {
-        at: String::new(),
-        message: error.to_string(),
-    })?;
+    let config: Config = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|error| LoadError::Parse { at: path_text(error.path()), message: error.into_inner().to_string() })?;
+    deserializer.end().map_err(|error| LoadError::Parse { at: String::new(), message: error.to_string() })?;
     Ok(config)
 }
 
@@ -97,10 +90,7 @@ pub fn from_yaml_str(text: &str) -> Result<Config, LoadError> {
             error.into_inner()
         })
     });
-    result.map_err(|error| LoadError::Parse {
-        at,
-        message: error.to_string(),
-    })
+    result.map_err(|error| LoadError::Parse { at, message: error.to_string() })
 }
 
 fn path_text(path: &serde_path_to_error::Path) -> String {

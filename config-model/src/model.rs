@@ -52,9 +52,7 @@ pub struct Admin {
 
 impl Default for Admin {
     fn default() -> Self {
-        Self {
-            bind: defaults::admin_bind(),
-        }
+        Self { bind: defaults::admin_bind() }
     }
 }
 
@@ -190,9 +188,7 @@ pub struct TcpOptions {
 
 impl Default for TcpOptions {
     fn default() -> Self {
-        Self {
-            idle_timeout: defaults::tcp_idle_timeout(),
-        }
+        Self { idle_timeout: defaults::tcp_idle_timeout() }
     }
 }
 
@@ -436,7 +432,7 @@ pub enum HashOn {
 }
 
 /// Protocol spoken to upstream HTTP endpoints.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterProtocol {
     /// HTTP/1.1 with a keep-alive pool per endpoint.

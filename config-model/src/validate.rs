@@ -42,10 +42,7 @@ struct Validator {
 
 impl Validator {
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ValidationError {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.errors.push(ValidationError { path: path.into(), message: message.into() });
     }
 
     fn check<T>(&mut self, path: impl Into<String>, result: Result<T, String>) -> Option<T> {
@@ -99,14 +96,8 @@ impl Validator {
     fn name(&mut self, path: &str, name: &str) {
         if name.is_empty() || name.len() > 128 {
             self.error(path, "must be 1 to 128 characters");
-        } else if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':'))
-        {
-            self.error(
-                path,
-                format!("invalid name {name:?}: use letters, digits and - _ . / :"),
-            );
+        } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':')) {
+            self.error(path, format!("invalid name {name:?}: use letters, digits and - _ . / :"));
         }
     }
 
@@ -147,10 +138,9 @@ impl Validator {
                 (Some(_), lb) if lb != LbPolicy::RingHash => {
                     self.error(format!("{path}.hash_on"), "only used with lb: ring_hash")
                 }
-                (Some(HashOn::Header(name)), _) if !is_token(name) => self.error(
-                    format!("{path}.hash_on.header"),
-                    format!("invalid header name {name:?}"),
-                ),
+                (Some(HashOn::Header(name)), _) if !is_token(name) => {
+                    self.error(format!("{path}.hash_on.header"), format!("invalid header name {name:?}"))
+                }
                 _ => {}
             }
         }
@@ -173,10 +163,8 @@ impl Validator {
         if http.max_concurrent_streams == 0 {
             self.error(format!("{path}.http.max_concurrent_streams"), "must be at least 1");
         }
-        for (field, value) in [
-            ("header_read_timeout", &http.header_read_timeout),
-            ("idle_timeout", &http.idle_timeout),
-        ] {
+        for (field, value) in [("header_read_timeout", &http.header_read_timeout), ("idle_timeout", &http.idle_timeout)]
+        {
             if let Some(parsed) = self.check(format!("{path}.http.{field}"), value.parse()) {
                 if parsed.is_zero() {
                     self.error(format!("{path}.http.{field}"), "must be greater than 0");

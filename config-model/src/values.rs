@@ -61,24 +61,21 @@ impl JsonSchema for Duration {
 
 /// Parses `1h2m3s`, `1.5s`, `250ms`, `10us`, `0s`.
 pub fn parse_duration(text: &str) -> Result<StdDuration, String> {
-    let invalid = || format!("invalid duration {text:?}: expected a number with a unit (ns, us, ms, s, m, h), e.g. \"5s\"");
+    let invalid =
+        || format!("invalid duration {text:?}: expected a number with a unit (ns, us, ms, s, m, h), e.g. \"5s\"");
     if text.is_empty() {
         return Err(invalid());
     }
     let mut total = 0f64;
     let mut rest = text;
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(invalid)?;
         if number_len == 0 {
             return Err(invalid());
         }
         let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
         rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let seconds_per_unit = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -119,9 +116,7 @@ impl BindAddress {
     }
 
     pub fn parse(&self) -> Result<SocketAddr, String> {
-        self.0
-            .parse()
-            .map_err(|_| format!("invalid address {:?}: expected IP:PORT, e.g. \"0.0.0.0:8080\"", self.0))
+        self.0.parse().map_err(|_| format!("invalid address {:?}: expected IP:PORT, e.g. \"0.0.0.0:8080\"", self.0))
     }
 }
 
@@ -172,12 +167,7 @@ impl UpstreamAddress {
         if let Ok(addr) = self.0.parse::<SocketAddr>() {
             return Ok(ParsedUpstream::Ip(addr));
         }
-        let invalid = |why: &str| {
-            format!(
-                "invalid address {:?}: {why} (expected IP:PORT or HOSTNAME:PORT)",
-                self.0
-            )
-        };
+        let invalid = |why: &str| format!("invalid address {:?}: {why} (expected IP:PORT or HOSTNAME:PORT)", self.0);
         let (host, port) = self.0.rsplit_once(':').ok_or_else(|| invalid("missing port"))?;
         let port: u16 = port.parse().map_err(|_| invalid("bad port"))?;
         if port == 0 {
@@ -186,10 +176,7 @@ impl UpstreamAddress {
         if !is_hostname(host) {
             return Err(invalid("bad host name"));
         }
-        Ok(ParsedUpstream::Name {
-            host: host.to_owned(),
-            port,
-        })
+        Ok(ParsedUpstream::Name { host: host.to_owned(), port })
     }
 }
 
@@ -239,7 +226,20 @@ pub fn is_token(text: &str) -> bool {
             b.is_ascii_alphanumeric()
                 || matches!(
                     b,
-                    b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
                 )
         })
 }
@@ -278,13 +278,7 @@ mod tests {
         let v6 = UpstreamAddress::from("[::1]:80").parse().unwrap();
         assert_eq!(v6, ParsedUpstream::Ip("[::1]:80".parse().unwrap()));
         let name = UpstreamAddress::from("db.local:5432").parse().unwrap();
-        assert_eq!(
-            name,
-            ParsedUpstream::Name {
-                host: "db.local".into(),
-                port: 5432
-            }
-        );
+        assert_eq!(name, ParsedUpstream::Name { host: "db.local".into(), port: 5432 });
         for bad in ["127.0.0.1", "host:", "host:99999", "-bad-:80", "a b:80", ":80", "h:0"] {
             assert!(UpstreamAddress::from(bad).parse().is_err(), "{bad:?}");
         }

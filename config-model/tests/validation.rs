@@ -34,12 +34,7 @@ clusters:
 "#;
 
 fn errors(config: &Config) -> Vec<String> {
-    validate(config)
-        .err()
-        .unwrap_or_default()
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+    validate(config).err().unwrap_or_default().iter().map(ToString::to_string).collect()
 }
 
 #[test]
@@ -49,10 +44,7 @@ fn the_issue_example_is_valid() {
     let route = &config.listeners[0].routes[0];
     assert_eq!(route.matches.host.as_deref(), Some("api.example.com"));
     assert_eq!(route.matches.path, Some(PathMatch::Prefix("/v1".into())));
-    assert_eq!(
-        route.matches.headers["x-canary"],
-        HeaderMatch::Exact("true".into())
-    );
+    assert_eq!(route.matches.headers["x-canary"], HeaderMatch::Exact("true".into()));
     assert_eq!(route.split.as_ref().unwrap()[1].weight, 10);
     assert!(matches!(config.clusters[0].endpoints[1], Endpoint::Detailed(_)));
     assert_eq!(config.clusters[0].endpoints[1].weight(), 2);
@@ -154,26 +146,18 @@ clusters:
         "clusters[2].name: duplicate cluster name \"a\" (also clusters[0])",
     ];
     for want in expected {
-        assert!(
-            errors.iter().any(|e| e.starts_with(want)),
-            "missing error {want:?} in:\n{}",
-            errors.join("\n")
-        );
+        assert!(errors.iter().any(|e| e.starts_with(want)), "missing error {want:?} in:\n{}", errors.join("\n"));
     }
     assert_eq!(errors.len(), expected.len(), "unexpected extra errors:\n{}", errors.join("\n"));
 }
 
 #[test]
 fn parse_errors_name_the_path() {
-    let error = from_yaml_str("listeners: [ { name: a, bind: 127.0.0.1:1, protocol: quic } ]")
-        .unwrap_err()
-        .to_string();
+    let error = from_yaml_str("listeners: [ { name: a, bind: 127.0.0.1:1, protocol: quic } ]").unwrap_err().to_string();
     assert!(error.starts_with("listeners[0].protocol: "), "{error}");
     assert!(error.contains("quic"), "{error}");
 
-    let error = from_json_str(r#"{"clusters": [{"name": "a", "lb": "fastest"}]}"#)
-        .unwrap_err()
-        .to_string();
+    let error = from_json_str(r#"{"clusters": [{"name": "a", "lb": "fastest"}]}"#).unwrap_err().to_string();
     assert!(error.starts_with("clusters[0].lb: "), "{error}");
 
     let error = from_yaml_str("listeners: [ { name: a ").unwrap_err().to_string();

@@ -1,1 +1,5 @@
+//! Test support for edgeplane end-to-end tests: real upstream servers to put
+//! behind the proxy ([`upstream`]) and low-level clients ([`client`]).
 
+pub mod client;
+pub mod upstream;

@@ -1,0 +1,153 @@
+//! The admin server: readiness, liveness, metrics, config and cluster dumps,
+//! and loopback-only controls (drain, quit, reload).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::app::Control;
+use crate::state::Shared;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, control: mpsc::UnboundedSender<Control>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let control = control.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = respond(&request, peer, &shared, &control);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn respond(
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Shared,
+    control: &mpsc::UnboundedSender<Control>,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let method = request.method();
+    let post_only = matches!(path, "/drain" | "/quitquitquit" | "/reload");
+    if post_only {
+        if method != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+        }
+        // The admin API has no authentication; mutating calls must come
+        // from this host.
+        if !peer.ip().is_loopback() {
+            return text(StatusCode::FORBIDDEN, "only loopback callers may do this\n");
+        }
+        let command = match path {
+            "/drain" => Control::Drain,
+            "/quitquitquit" => Control::Shutdown,
+            _ => Control::Reload(None),
+        };
+        let _ = control.send(command);
+        return text(StatusCode::OK, "OK\n");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+    }
+    match path {
+        "/ready" => {
+            if shared.lifecycle.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else if shared.lifecycle.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/metrics" | "/stats/prometheus" => {
+            let mut response = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
+            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(OPENMETRICS));
+            response
+        }
+        "/config" => {
+            let table = shared.table.load();
+            json_response(&*table.config)
+        }
+        "/clusters" => json_response(&clusters(shared)),
+        "/" => text(
+            StatusCode::OK,
+            "GET  /ready /live /metrics /config /clusters\nPOST /drain /quitquitquit /reload (loopback only)\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn clusters(shared: &Shared) -> serde_json::Value {
+    let table = shared.table.load();
+    let clusters: Vec<_> = table
+        .clusters
+        .iter()
+        .map(|cluster| {
+            let endpoints: Vec<_> = cluster
+                .endpoints
+                .iter()
+                .zip(cluster.weights.iter())
+                .map(|(endpoint, weight)| {
+                    json!({
+                        "address": endpoint.addr.to_string(),
+                        "weight": weight,
+                        "state": "active",
+                        "active_requests": endpoint.active_requests.load(Ordering::Relaxed),
+                        "connections": endpoint.connections.load(Ordering::Relaxed),
+                        "idle_connections": endpoint.idle.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*cluster.name,
+                "protocol": cluster.protocol,
+                "lb": cluster.lb,
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    json!({ "generation": table.generation, "clusters": clusters })
+}
+
+fn json_response<T: serde::Serialize + ?Sized>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    response
+}

@@ -1,0 +1,483 @@
+//! The process: start-up, the control thread (admin server, reloads,
+//! signals, config watching) and graceful shutdown.
+//!
+//! ```text
+//!   control thread (current-thread runtime)       worker threads (one runtime each)
+//!   ├─ admin server                                ├─ accept loops (SO_REUSEPORT)
+//!   ├─ reload: read → validate → compile ──store──▶│  connections load the table
+//!   ├─ signals: SIGHUP reload, SIGTERM/INT drain   └─ thread-local upstream pools
+//!   └─ config file watcher
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use config_model::Config;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::access_log::AccessLogger;
+use crate::admin;
+use crate::balance::hash64;
+use crate::listen::bind_group;
+use crate::metrics::{ConfigInfoLabels, Metrics, ReloadLabels};
+use crate::route::compile::compile;
+use crate::route::RouteTable;
+use crate::state::{ConnectionTracker, Lifecycle, Registry, Shared};
+use crate::worker::{Command, Worker};
+
+/// How the proxy is started.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config_path: PathBuf,
+    /// Worker threads (each with its own runtime and listener sockets).
+    pub workers: usize,
+    /// Overrides `admin.bind` of the config.
+    pub admin: Option<SocketAddr>,
+    /// Reload when the config file changes.
+    pub watch_config: bool,
+    /// Handle SIGTERM/SIGINT (drain) and SIGHUP (reload). Off for in-process tests.
+    pub handle_signals: bool,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid config:\n  {}", .0.join("\n  "))]
+    Config(Vec<String>),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a reload did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new table is live with this generation.
+    Applied(u64),
+    /// The file is byte-for-byte the one already live.
+    Unchanged,
+}
+
+pub(crate) enum Control {
+    Reload(Option<oneshot::Sender<Result<ReloadOutcome, String>>>),
+    /// Stop accepting and tell connections to finish (no exit).
+    Drain,
+    /// Drain, wait for connections up to the drain timeout, exit.
+    Shutdown,
+    /// Exit now.
+    Exit,
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    admin_addr: SocketAddr,
+    listener_addrs: Arc<Mutex<HashMap<String, SocketAddr>>>,
+    control: mpsc::UnboundedSender<Control>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProxyHandle {
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The bound address of a listener (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listener_addrs.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+    }
+
+    /// Re-reads the config file and applies it, as SIGHUP does.
+    pub async fn reload(&self) -> Result<ReloadOutcome, String> {
+        let (reply, outcome) = oneshot::channel();
+        self.control.send(Control::Reload(Some(reply))).map_err(|_| "proxy stopped".to_owned())?;
+        outcome.await.map_err(|_| "proxy stopped".to_owned())?
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM does.
+    pub fn shutdown(&self) {
+        let _ = self.control.send(Control::Shutdown);
+    }
+
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.shared.table.load_full()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.lifecycle.is_ready()
+    }
+
+    /// Waits for the proxy to stop.
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.control.send(Control::Exit);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Loads, validates and compiles the config, binds every socket, starts the
+/// workers and the control thread. Returns once the proxy is ready.
+pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
+    let text = std::fs::read(&options.config_path)
+        .map_err(|error| StartError::Config(vec![format!("cannot read {}: {error}", options.config_path.display())]))?;
+    let config = parse_and_validate(&text, &options.config_path).map_err(StartError::Config)?;
+    let metrics = Metrics::new();
+    let registry = Registry::default();
+    let config = Arc::new(config);
+    let table = compile(config.clone(), hash64(&text), 1, &registry, &metrics)
+        .map_err(|error| StartError::Config(vec![error.to_string()]))?;
+
+    let admin_addr = match options.admin {
+        Some(addr) => addr,
+        None => {
+            config.admin.bind.parse().map_err(|message| StartError::Config(vec![format!("admin.bind: {message}")]))?
+        }
+    };
+    let admin_socket = std::net::TcpListener::bind(admin_addr).map_err(|source| StartError::Bind {
+        what: "admin".into(),
+        addr: admin_addr,
+        source,
+    })?;
+    admin_socket.set_nonblocking(true)?;
+    let admin_addr = admin_socket.local_addr()?;
+
+    let workers = options.workers.max(1);
+    let mut bound = HashMap::new();
+    for listener in &config.listeners {
+        let addr: SocketAddr = listener.bind.parse().map_err(|m| StartError::Config(vec![m]))?;
+        let sockets = bind_group(addr, workers).map_err(|source| StartError::Bind {
+            what: format!("listener {:?}", listener.name),
+            addr,
+            source,
+        })?;
+        bound.insert(listener.name.clone(), (listener.bind.as_str().to_owned(), sockets));
+    }
+
+    let shared = Arc::new(Shared {
+        table: ArcSwap::from_pointee(table),
+        metrics,
+        registry,
+        lifecycle: Lifecycle::default(),
+        connections: Arc::new(ConnectionTracker::default()),
+        access_log: AccessLogger::new(),
+    });
+    publish_metrics(&shared, &shared.table.load());
+
+    let mut worker_handles = Vec::with_capacity(workers);
+    for index in 0..workers {
+        worker_handles.push(Worker::spawn(index, shared.clone())?);
+    }
+    let listener_addrs = Arc::new(Mutex::new(HashMap::new()));
+    let mut listeners = HashMap::new();
+    for (name, (bind, sockets)) in bound {
+        let slot = shared.registry.listener_slot(&name);
+        let addr = sockets[0].local_addr()?;
+        listener_addrs.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), addr);
+        for (worker, socket) in worker_handles.iter().zip(sockets) {
+            worker.send(Command::Listen { slot, socket });
+        }
+        listeners.insert(name, BoundListener { bind, slot });
+    }
+
+    let (control, commands) = mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let controller = Controller {
+        shared: shared.clone(),
+        options: options.clone(),
+        workers: worker_handles,
+        listeners,
+        listener_addrs: listener_addrs.clone(),
+        generation: AtomicU64::new(1),
+        control: control.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("edgeplane-control".into())
+        .spawn(move || runtime.block_on(controller.run(commands, admin_socket)))?;
+    shared.lifecycle.set_ready();
+    tracing::info!(
+        admin = %admin_addr,
+        workers,
+        listeners = config.listeners.len(),
+        clusters = config.clusters.len(),
+        "edgeplane ready"
+    );
+    Ok(ProxyHandle { shared, admin_addr, listener_addrs, control, thread: Some(thread) })
+}
+
+fn parse_and_validate(text: &[u8], path: &Path) -> Result<Config, Vec<String>> {
+    let text = std::str::from_utf8(text).map_err(|_| vec![format!("{}: not UTF-8", path.display())])?;
+    let config =
+        config_model::from_str(text, config_model::Format::from_path(path)).map_err(|e| vec![e.to_string()])?;
+    config_model::validate(&config).map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    Ok(config)
+}
+
+fn publish_metrics(shared: &Shared, table: &RouteTable) {
+    let metrics = &shared.metrics;
+    metrics.config_generation.set(table.generation as i64);
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    metrics.config_last_success.set(now);
+    metrics.config_info.clear();
+    metrics
+        .config_info
+        .get_or_create(&ConfigInfoLabels {
+            version: table.config.version.clone().unwrap_or_default(),
+            hash: format!("{:016x}", table.config_hash),
+        })
+        .set(1);
+}
+
+struct BoundListener {
+    /// The `bind` text of the config; a change means a new socket.
+    bind: String,
+    slot: usize,
+}
+
+struct Controller {
+    shared: Arc<Shared>,
+    options: Options,
+    workers: Vec<Worker>,
+    listeners: HashMap<String, BoundListener>,
+    listener_addrs: Arc<Mutex<HashMap<String, SocketAddr>>>,
+    generation: AtomicU64,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl Controller {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Control>, admin_socket: std::net::TcpListener) {
+        match tokio::net::TcpListener::from_std(admin_socket) {
+            Ok(socket) => {
+                tokio::spawn(admin::serve(socket, self.shared.clone(), self.control.clone()));
+            }
+            Err(error) => tracing::error!(%error, "admin server failed to start"),
+        }
+        if self.options.handle_signals {
+            spawn_signal_handlers(self.control.clone());
+        }
+        let _watcher = if self.options.watch_config {
+            watch_config(&self.options.config_path, self.control.clone())
+        } else {
+            None
+        };
+
+        let mut shutting_down = false;
+        while let Some(command) = commands.recv().await {
+            match command {
+                Control::Reload(reply) => {
+                    let outcome = self.reload();
+                    if let Some(reply) = reply {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Control::Drain => self.stop_accepting(),
+                Control::Shutdown if shutting_down => {
+                    tracing::warn!("second shutdown signal: exiting now");
+                    break;
+                }
+                Control::Shutdown => {
+                    shutting_down = true;
+                    self.stop_accepting();
+                    let drain_timeout = self.shared.table.load().config.drain_timeout.parse().unwrap_or_default();
+                    let connections = self.shared.connections.clone();
+                    let control = self.control.clone();
+                    tokio::spawn(async move {
+                        let active = connections.active();
+                        tracing::info!(active, ?drain_timeout, "draining");
+                        if tokio::time::timeout(drain_timeout, connections.wait_idle()).await.is_err() {
+                            tracing::warn!(open = connections.active(), "drain timeout: closing remaining connections");
+                        }
+                        let _ = control.send(Control::Exit);
+                    });
+                }
+                Control::Exit => break,
+            }
+        }
+        for worker in self.workers.drain(..) {
+            worker.exit();
+        }
+        tracing::info!("edgeplane stopped");
+    }
+
+    fn stop_accepting(&self) {
+        self.shared.lifecycle.start_draining();
+        for worker in &self.workers {
+            worker.send(Command::UnlistenAll);
+        }
+    }
+
+    fn reload(&mut self) -> Result<ReloadOutcome, String> {
+        let result = self.try_reload();
+        let label = match &result {
+            Ok(ReloadOutcome::Applied(generation)) => {
+                tracing::info!(generation, "config reloaded");
+                "success"
+            }
+            Ok(ReloadOutcome::Unchanged) => {
+                tracing::debug!("config unchanged; nothing to do");
+                "unchanged"
+            }
+            Err(error) => {
+                tracing::error!("config reload rejected; the previous config stays active: {error}");
+                "failure"
+            }
+        };
+        self.shared.metrics.config_reloads.get_or_create(&ReloadLabels { result: label }).inc();
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<ReloadOutcome, String> {
+        if self.shared.lifecycle.is_draining() {
+            return Err("draining: reloads are ignored".into());
+        }
+        let path = &self.options.config_path;
+        let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let hash = hash64(&text);
+        if hash == self.shared.table.load().config_hash {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let config = Arc::new(parse_and_validate(&text, path).map_err(|errors| errors.join("; "))?);
+        if self.options.admin.is_none() && config.admin.bind != self.shared.table.load().config.admin.bind {
+            tracing::warn!(
+                bind = config.admin.bind.as_str(),
+                "admin.bind changed; it takes effect at the next restart"
+            );
+        }
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let table = compile(config.clone(), hash, generation, &self.shared.registry, &self.shared.metrics)
+            .map_err(|e| e.to_string())?;
+
+        // Bind new and moved listeners before anything changes, so a port
+        // that is taken fails the whole reload.
+        let workers = self.workers.len();
+        let mut new_sockets = Vec::new();
+        for listener in &config.listeners {
+            let unchanged =
+                self.listeners.get(&listener.name).is_some_and(|bound| bound.bind == listener.bind.as_str());
+            if unchanged {
+                continue;
+            }
+            let addr: SocketAddr = listener.bind.parse()?;
+            let sockets = bind_group(addr, workers)
+                .map_err(|e| format!("cannot bind listener {:?} on {addr}: {e}", listener.name))?;
+            new_sockets.push((listener.name.clone(), listener.bind.as_str().to_owned(), sockets));
+        }
+
+        self.shared.table.store(Arc::new(table));
+        self.generation.store(generation, Ordering::Relaxed);
+        let live = self.shared.table.load_full();
+        publish_metrics(&self.shared, &live);
+
+        let removed: Vec<String> =
+            self.listeners.keys().filter(|name| !config.listeners.iter().any(|l| &l.name == *name)).cloned().collect();
+        for name in removed {
+            if let Some(bound) = self.listeners.remove(&name) {
+                for worker in &self.workers {
+                    worker.send(Command::Unlisten { slot: bound.slot });
+                }
+                self.listener_addrs.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                tracing::info!(listener = %name, "listener removed");
+            }
+        }
+        for (name, bind, sockets) in new_sockets {
+            let slot = self.shared.registry.listener_slot(&name);
+            if let Ok(addr) = sockets[0].local_addr() {
+                self.listener_addrs.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), addr);
+            }
+            // Replacing a slot's socket stops the old accept loop.
+            for (worker, socket) in self.workers.iter().zip(sockets) {
+                worker.send(Command::Listen { slot, socket });
+            }
+            tracing::info!(listener = %name, %bind, "listener bound");
+            self.listeners.insert(name, BoundListener { bind, slot });
+        }
+
+        let released = self.shared.registry.retain_endpoints(&live);
+        if !released.is_empty() {
+            for worker in &self.workers {
+                worker.send(Command::Release(released.clone()));
+            }
+        }
+        Ok(ReloadOutcome::Applied(generation))
+    }
+}
+
+fn spawn_signal_handlers(control: mpsc::UnboundedSender<Control>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers =
+        [(SignalKind::hangup(), "SIGHUP"), (SignalKind::terminate(), "SIGTERM"), (SignalKind::interrupt(), "SIGINT")];
+    for (kind, name) in handlers {
+        let mut stream = match signal(kind) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::error!(%error, signal = name, "cannot handle signal");
+                continue;
+            }
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                tracing::info!(signal = name, "signal received");
+                let command = if name == "SIGHUP" { Control::Reload(None) } else { Control::Shutdown };
+                if control.send(command).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Watches the config file's directory (editors and Kubernetes replace files
+/// rather than write them in place) and asks for a reload after changes
+/// settle. Identical content is detected by hash and costs nothing.
+fn watch_config(path: &Path, control: mpsc::UnboundedSender<Control>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (events, mut receiver) = mpsc::unbounded_channel::<()>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = events.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the config file; use SIGHUP to reload");
+            return None;
+        }
+    };
+    if let Err(error) = watcher.watch(directory, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(%error, "cannot watch the config directory; use SIGHUP to reload");
+        return None;
+    }
+    tokio::spawn(async move {
+        while receiver.recv().await.is_some() {
+            // Let a burst of events (write, rename, chmod) settle.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while receiver.try_recv().is_ok() {}
+            if control.send(Control::Reload(None)).is_err() {
+                return;
+            }
+        }
+    });
+    Some(watcher)
+}

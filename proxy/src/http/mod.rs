@@ -1,0 +1,6 @@
+//! HTTP: the client-facing servers and the forwarding logic.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod server;

@@ -1,0 +1,111 @@
+//! Upstream connection pools.
+//!
+//! Pools are per worker thread (a thread-local table indexed by endpoint id):
+//! a worker never shares a connection with another, so checkout and return
+//! take no lock and touch no shared cache line. The endpoint ids come from
+//! [`crate::state::Registry`] and are stable across reloads, so a reload keeps
+//! every pooled connection.
+//!
+//! - HTTP/1: a LIFO stack of idle hyper `SendRequest`s per endpoint. A
+//!   connection returns to the stack when its response body ends.
+//! - HTTP/2: a few shared connections per endpoint, each carrying up to
+//!   `max_concurrent_streams` requests; another is dialled when all are full,
+//!   with at most one dial in flight per endpoint.
+
+mod h1;
+mod h2;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use config_model::ClusterProtocol;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::error::ProxyError;
+use crate::http::body::ProxyBody;
+use crate::route::{EndpointState, PoolSettings};
+
+pub use h1::send_upgrade;
+
+/// The lease of a pooled connection for one request; dropping it returns the
+/// connection (HTTP/1) or frees its stream slot (HTTP/2).
+pub enum PoolGuard {
+    Http1(h1::Lease),
+    Http2(h2::Lease),
+    None,
+}
+
+/// Sends a request to an endpoint over a pooled (or new) connection.
+pub async fn send(
+    endpoint: &Arc<EndpointState>,
+    settings: &PoolSettings,
+    connect_timeout: Duration,
+    request: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, PoolGuard), ProxyError> {
+    match endpoint.protocol {
+        ClusterProtocol::Http1 => {
+            let (response, lease) = h1::send(endpoint, settings, connect_timeout, request).await?;
+            Ok((response, PoolGuard::Http1(lease)))
+        }
+        ClusterProtocol::Http2 => {
+            let (response, lease) = h2::send(endpoint, settings, connect_timeout, request).await?;
+            Ok((response, PoolGuard::Http2(lease)))
+        }
+    }
+}
+
+thread_local! {
+    static POOLS: RefCell<WorkerPools> = RefCell::new(WorkerPools::default());
+}
+
+#[derive(Default)]
+struct WorkerPools {
+    http1: Vec<h1::EndpointPool>,
+    http2: Vec<h2::EndpointPool>,
+}
+
+impl WorkerPools {
+    fn http1(&mut self, id: usize) -> &mut h1::EndpointPool {
+        if self.http1.len() <= id {
+            self.http1.resize_with(id + 1, Default::default);
+        }
+        &mut self.http1[id]
+    }
+
+    fn http2(&mut self, id: usize) -> &mut h2::EndpointPool {
+        if self.http2.len() <= id {
+            self.http2.resize_with(id + 1, Default::default);
+        }
+        &mut self.http2[id]
+    }
+}
+
+/// Closes this worker's idle connections that have outlived their idle
+/// timeout. Called periodically by each worker.
+pub fn sweep_idle() {
+    let now = tokio::time::Instant::now();
+    POOLS.with_borrow_mut(|pools| {
+        for pool in &mut pools.http1 {
+            pool.sweep(now);
+        }
+        for pool in &mut pools.http2 {
+            pool.sweep(now);
+        }
+    });
+}
+
+/// Drops this worker's pools of endpoints that left the config.
+pub fn release(ids: &[usize]) {
+    POOLS.with_borrow_mut(|pools| {
+        for id in ids {
+            if let Some(pool) = pools.http1.get_mut(*id) {
+                pool.clear();
+            }
+            if let Some(pool) = pools.http2.get_mut(*id) {
+                pool.clear();
+            }
+        }
+    });
+}

@@ -1,0 +1,358 @@
+//! Config → [`RouteTable`]. Everything the request path needs is prepared here:
+//! matchers compiled, names resolved to indexes, header names parsed, metric
+//! series resolved, balancer schedules built.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use config_model::{Config, HashOn, HeaderMatch, LbPolicy, ListenerProtocol, ParsedUpstream, PathMatch};
+use http::{HeaderName, HeaderValue};
+
+use super::matcher::{anchored, HeaderCheck, HostMatcher, PathMatcher, RouteMatcher};
+use super::*;
+use crate::balance::Balancer;
+use crate::metrics::{
+    ClusterLabels, ConnectErrorLabels, ConnectionLabels, DirectionLabels, ListenerLabels, LocalReplyLabels, Metrics,
+    RequestMetrics, TcpLabels,
+};
+use crate::state::Registry;
+
+/// Why a validated config could still not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("{path}: cannot resolve {host:?}: {reason}")]
+    Resolve { path: String, host: String, reason: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// Every local-reply reason, so each listener's series exist from the start.
+pub const LOCAL_REPLY_REASONS: [&str; 10] = [
+    "no_route",
+    "no_endpoint",
+    "connect_timeout",
+    "connect_error",
+    "upstream_timeout",
+    "upstream_error",
+    "bad_request",
+    "headers_too_large",
+    "request_timeout",
+    "unsupported",
+];
+
+const CONNECT_ERROR_REASONS: [&str; 4] = ["timeout", "refused", "error", "handshake"];
+
+/// Compiles a *validated* config. Host names in endpoint addresses are
+/// resolved here (blocking; this runs on the control thread, never a worker).
+pub fn compile(
+    config: Arc<Config>,
+    config_hash: u64,
+    generation: u64,
+    registry: &Registry,
+    metrics: &Metrics,
+) -> Result<RouteTable, CompileError> {
+    let mut clusters = Vec::with_capacity(config.clusters.len());
+    let mut cluster_index = HashMap::new();
+    for (index, cluster) in config.clusters.iter().enumerate() {
+        cluster_index.insert(cluster.name.as_str(), index);
+        clusters.push(compile_cluster(index, cluster, registry, metrics)?);
+    }
+
+    let mut listeners: Vec<Option<Arc<ListenerTable>>> = Vec::new();
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let path = format!("listeners[{index}]");
+        let slot = registry.listener_slot(&listener.name);
+        if listeners.len() <= slot {
+            listeners.resize_with(slot + 1, || None);
+        }
+        listeners[slot] = Some(Arc::new(compile_listener(&path, listener, &cluster_index, metrics)?));
+    }
+
+    Ok(RouteTable {
+        generation,
+        config_hash,
+        listeners,
+        clusters,
+        access_log: config.access_log.enabled,
+        access_log_format: config.access_log.format,
+        config,
+    })
+}
+
+fn invalid(path: &str, message: impl std::fmt::Display) -> CompileError {
+    CompileError::Invalid { path: path.to_owned(), message: message.to_string() }
+}
+
+fn duration(path: &str, value: &config_model::Duration) -> Result<std::time::Duration, CompileError> {
+    value.parse().map_err(|message| invalid(path, message))
+}
+
+fn compile_cluster(
+    index: usize,
+    cluster: &config_model::Cluster,
+    registry: &Registry,
+    metrics: &Metrics,
+) -> Result<ClusterTable, CompileError> {
+    let path = format!("clusters[{index}]");
+    let name: Arc<str> = cluster.name.as_str().into();
+    let labels = ClusterLabels { cluster: cluster.name.clone() };
+    let cluster_metrics = ClusterMetrics {
+        connections_active: metrics.upstream_connections_active.get_or_create(&labels).clone(),
+        connections_total: metrics.upstream_connections_total.get_or_create(&labels).clone(),
+        requests_active: metrics.upstream_requests_active.get_or_create(&labels).clone(),
+        pool_idle: metrics.pool_idle.get_or_create(&labels).clone(),
+        connect_errors: CONNECT_ERROR_REASONS
+            .iter()
+            .map(|reason| {
+                let counter = metrics
+                    .upstream_connect_errors
+                    .get_or_create(&ConnectErrorLabels { cluster: cluster.name.clone(), reason })
+                    .clone();
+                (*reason, counter)
+            })
+            .collect(),
+    };
+
+    let mut endpoints = Vec::new();
+    let mut weights = Vec::new();
+    let mut keys = Vec::new();
+    for (e, endpoint) in cluster.endpoints.iter().enumerate() {
+        let endpoint_path = format!("{path}.endpoints[{e}]");
+        let addrs = resolve(&endpoint_path, endpoint.address())?;
+        for addr in addrs {
+            let state = registry.endpoint(&cluster.name, addr, cluster.protocol, |id| EndpointState {
+                id,
+                cluster: name.clone(),
+                addr,
+                protocol: cluster.protocol,
+                active_requests: AtomicU32::new(0),
+                connections: AtomicU32::new(0),
+                idle: AtomicU32::new(0),
+                metrics: cluster_metrics.clone(),
+            });
+            // One name may resolve to an address listed separately too.
+            if endpoints.iter().any(|known: &Arc<EndpointState>| known.id == state.id) {
+                continue;
+            }
+            endpoints.push(state);
+            weights.push(endpoint.weight());
+            keys.push(addr.to_string());
+        }
+    }
+
+    let hash_header = match (&cluster.hash_on, cluster.lb) {
+        (Some(HashOn::Header(header)), LbPolicy::RingHash) => {
+            Some(HeaderName::from_bytes(header.as_bytes()).map_err(|e| invalid(&format!("{path}.hash_on.header"), e))?)
+        }
+        _ => None,
+    };
+
+    Ok(ClusterTable {
+        name,
+        protocol: cluster.protocol,
+        connect_timeout: duration(&format!("{path}.connect_timeout"), &cluster.connect_timeout)?,
+        pool: PoolSettings {
+            idle_timeout: duration(&format!("{path}.pool.idle_timeout"), &cluster.pool.idle_timeout)?,
+            max_idle: cluster.pool.max_idle_per_endpoint as usize,
+            max_streams: cluster.pool.max_concurrent_streams,
+        },
+        balancer: Balancer::new(cluster.lb, &weights, &keys),
+        lb: cluster.lb,
+        weights: weights.into_boxed_slice(),
+        endpoints: endpoints.into_boxed_slice(),
+        hash_header,
+    })
+}
+
+fn resolve(path: &str, address: &config_model::UpstreamAddress) -> Result<Vec<SocketAddr>, CompileError> {
+    match address.parse().map_err(|message| invalid(path, message))? {
+        ParsedUpstream::Ip(addr) => Ok(vec![addr]),
+        ParsedUpstream::Name { host, port } => {
+            let mut addrs: Vec<SocketAddr> = (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|error| CompileError::Resolve {
+                    path: path.to_owned(),
+                    host: host.clone(),
+                    reason: error.to_string(),
+                })?
+                .collect();
+            addrs.sort();
+            addrs.dedup();
+            if addrs.is_empty() {
+                return Err(CompileError::Resolve { path: path.to_owned(), host, reason: "no addresses".into() });
+            }
+            Ok(addrs)
+        }
+    }
+}
+
+fn compile_listener(
+    path: &str,
+    listener: &config_model::Listener,
+    clusters: &HashMap<&str, usize>,
+    metrics: &Metrics,
+) -> Result<ListenerTable, CompileError> {
+    let name: Arc<str> = listener.name.as_str().into();
+    let mut routes = Vec::with_capacity(listener.routes.len());
+    for (index, route) in listener.routes.iter().enumerate() {
+        routes.push(compile_route(
+            &format!("{path}.routes[{index}]"),
+            index,
+            &listener.name,
+            route,
+            clusters,
+            metrics,
+        )?);
+    }
+    let tcp_route = routes.iter().position(|route: &Route| route.matcher.is_empty());
+    let http = &listener.http;
+    let connection = |protocol| {
+        metrics.connections_total.get_or_create(&ConnectionLabels { listener: listener.name.clone(), protocol }).clone()
+    };
+    let direction = |direction| {
+        metrics.downstream_bytes.get_or_create(&DirectionLabels { listener: listener.name.clone(), direction }).clone()
+    };
+    Ok(ListenerTable {
+        bind: listener.bind.parse().map_err(|m| invalid(&format!("{path}.bind"), m))?,
+        protocol: listener.protocol,
+        detect_timeout: duration(&format!("{path}.detect_timeout"), &listener.detect_timeout)?,
+        http: HttpSettings {
+            max_header_bytes: http.max_header_bytes as usize,
+            max_headers: http.max_headers as usize,
+            header_read_timeout: duration(&format!("{path}.http.header_read_timeout"), &http.header_read_timeout)?,
+            idle_timeout: duration(&format!("{path}.http.idle_timeout"), &http.idle_timeout)?,
+            forwarded_for: http.forwarded_for,
+            forwarded: http.forwarded,
+            max_concurrent_streams: http.max_concurrent_streams,
+        },
+        tcp_idle_timeout: duration(&format!("{path}.tcp.idle_timeout"), &listener.tcp.idle_timeout)?,
+        tcp_route: if listener.protocol == ListenerProtocol::Tcp {
+            Some(0).filter(|_| !routes.is_empty())
+        } else {
+            tcp_route
+        },
+        routes,
+        metrics: ListenerMetrics {
+            active: metrics
+                .connections_active
+                .get_or_create(&ListenerLabels { listener: listener.name.clone() })
+                .clone(),
+            accepted_http1: connection("http1"),
+            accepted_http2: connection("http2"),
+            accepted_tcp: connection("tcp"),
+            bytes_rx: direction("rx"),
+            bytes_tx: direction("tx"),
+            unrouted: RequestMetrics::new(metrics, &listener.name, "", ""),
+            local_replies: LOCAL_REPLY_REASONS
+                .iter()
+                .map(|reason| {
+                    let counter = metrics
+                        .http_local_replies
+                        .get_or_create(&LocalReplyLabels { listener: listener.name.clone(), reason })
+                        .clone();
+                    (*reason, counter)
+                })
+                .collect(),
+        },
+        name,
+    })
+}
+
+fn compile_route(
+    path: &str,
+    index: usize,
+    listener: &str,
+    route: &config_model::Route,
+    clusters: &HashMap<&str, usize>,
+    metrics: &Metrics,
+) -> Result<Route, CompileError> {
+    let name: Arc<str> = match &route.name {
+        Some(name) => name.as_str().into(),
+        None => format!("route-{index}").into(),
+    };
+    let m = &route.matches;
+    let path_matcher = match &m.path {
+        None => None,
+        Some(PathMatch::Exact(exact)) => Some(PathMatcher::Exact(exact.as_str().into())),
+        Some(PathMatch::Prefix(prefix)) => Some(PathMatcher::Prefix(prefix.as_str().into())),
+        Some(PathMatch::Regex(pattern)) => Some(PathMatcher::Regex(
+            regex::Regex::new(&anchored(pattern)).map_err(|e| invalid(&format!("{path}.match.path.regex"), e))?,
+        )),
+    };
+    let mut headers = Vec::new();
+    for (header, check) in &m.headers {
+        let header_path = format!("{path}.match.headers.{header}");
+        let name = HeaderName::from_bytes(header.as_bytes()).map_err(|e| invalid(&header_path, e))?;
+        let check = match check {
+            HeaderMatch::Exact(value) => HeaderCheck::Exact(value.as_bytes().into()),
+            HeaderMatch::Rule(rule) => match (&rule.exact, &rule.regex, rule.present) {
+                (Some(value), None, None) => HeaderCheck::Exact(value.as_bytes().into()),
+                (None, Some(pattern), None) => HeaderCheck::Regex(
+                    regex::bytes::Regex::new(&anchored(pattern)).map_err(|e| invalid(&header_path, e))?,
+                ),
+                (None, None, Some(present)) => HeaderCheck::Present(present),
+                _ => return Err(invalid(&header_path, "give exactly one of exact, regex, present")),
+            },
+        };
+        headers.push((name, check));
+    }
+    let matcher = RouteMatcher {
+        host: m.host.as_deref().map(HostMatcher::new),
+        path: path_matcher,
+        headers,
+        methods: m
+            .method
+            .as_ref()
+            .map(|methods| methods.as_slice().iter().map(|m| m.as_str().into()).collect())
+            .unwrap_or_default(),
+    };
+
+    let entries: Vec<(&str, u32)> = match (&route.cluster, &route.split) {
+        (Some(cluster), None) => vec![(cluster.as_str(), 1)],
+        (None, Some(split)) => split.iter().map(|e| (e.cluster.as_str(), e.weight)).collect(),
+        _ => return Err(invalid(path, "give cluster or split")),
+    };
+    let mut targets = Vec::with_capacity(entries.len());
+    for (cluster, weight) in entries {
+        let index = *clusters.get(cluster).ok_or_else(|| invalid(path, format!("unknown cluster {cluster:?}")))?;
+        let tcp_counter = |direction| {
+            metrics
+                .tcp_bytes
+                .get_or_create(&TcpLabels { listener: listener.to_owned(), cluster: cluster.to_owned(), direction })
+                .clone()
+        };
+        targets.push(Target {
+            cluster: index,
+            weight,
+            metrics: RequestMetrics::new(metrics, listener, &name, cluster),
+            tcp_bytes: matcher.is_empty().then(|| TcpBytes { rx: tcp_counter("rx"), tx: tcp_counter("tx") }),
+        });
+    }
+
+    let timeout = match &route.timeout {
+        Some(value) => Some(duration(&format!("{path}.timeout"), value)?).filter(|t| !t.is_zero()),
+        None => Some(config_model::defaults::route_timeout()),
+    };
+    Ok(Route {
+        name,
+        matcher,
+        split: Split::new(targets),
+        timeout,
+        request_edits: header_edits(&format!("{path}.request_headers"), &route.request_headers)?,
+        response_edits: header_edits(&format!("{path}.response_headers"), &route.response_headers)?,
+    })
+}
+
+fn header_edits(path: &str, edits: &config_model::HeaderEdits) -> Result<HeaderEdits, CompileError> {
+    let name = |text: &str| HeaderName::from_bytes(text.as_bytes()).map_err(|e| invalid(path, e));
+    let pair = |(n, v): (&String, &String)| -> Result<(HeaderName, HeaderValue), CompileError> {
+        Ok((name(n)?, HeaderValue::from_str(v).map_err(|e| invalid(path, e))?))
+    };
+    Ok(HeaderEdits {
+        remove: edits.remove.iter().map(|n| name(n)).collect::<Result<_, _>>()?,
+        set: edits.set.iter().map(pair).collect::<Result<_, _>>()?,
+        add: edits.add.iter().map(pair).collect::<Result<_, _>>()?,
+    })
+}

@@ -1,0 +1,280 @@
+//! The routing table: a config compiled into immutable, ready-to-use form.
+//!
+//! A table is built by [`compile::compile`] and published with one
+//! `ArcSwap::store`. A connection or request loads it once and keeps that
+//! snapshot until it is done, so a reload never changes the rules under a
+//! request in flight. State that must outlive a table (connection pools,
+//! endpoint load, metric series) is held beside it, keyed by stable identity:
+//! see [`EndpointState`] and [`crate::state::Registry`].
+
+pub mod compile;
+pub mod matcher;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use config_model::{ClusterProtocol, Config, ForwardedFor, ListenerProtocol};
+use http::{HeaderName, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::balance::{Balancer, PickInput};
+use crate::metrics::RequestMetrics;
+use matcher::{RequestView, RouteMatcher};
+
+pub struct RouteTable {
+    /// Increases with every published table.
+    pub generation: u64,
+    pub config: Arc<Config>,
+    /// Hash of the config text; an identical text is not recompiled.
+    pub config_hash: u64,
+    /// Indexed by listener slot ([`crate::state::Registry::listener_slot`]).
+    pub listeners: Vec<Option<Arc<ListenerTable>>>,
+    pub clusters: Vec<ClusterTable>,
+    pub access_log: bool,
+    pub access_log_format: config_model::LogFormat,
+}
+
+impl RouteTable {
+    pub fn listener(&self, slot: usize) -> Option<&Arc<ListenerTable>> {
+        self.listeners.get(slot).and_then(Option::as_ref)
+    }
+}
+
+pub struct ListenerTable {
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    pub protocol: ListenerProtocol,
+    pub detect_timeout: Duration,
+    pub http: HttpSettings,
+    pub tcp_idle_timeout: Duration,
+    pub routes: Vec<Route>,
+    /// The route opaque TCP connections take: the first without HTTP criteria.
+    pub tcp_route: Option<usize>,
+    pub metrics: ListenerMetrics,
+}
+
+impl ListenerTable {
+    pub fn route_for(&self, request: &impl RequestView) -> Option<&Route> {
+        self.routes.iter().find(|route| route.matcher.matches(request))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub forwarded_for: ForwardedFor,
+    pub forwarded: bool,
+    pub max_concurrent_streams: u32,
+}
+
+/// Per-listener metric handles, resolved at compile time.
+pub struct ListenerMetrics {
+    pub active: Gauge,
+    pub accepted_http1: Counter,
+    pub accepted_http2: Counter,
+    pub accepted_tcp: Counter,
+    pub bytes_rx: Counter,
+    pub bytes_tx: Counter,
+    /// Requests answered before a route or cluster was known.
+    pub unrouted: RequestMetrics,
+    local_replies: Vec<(&'static str, Counter)>,
+}
+
+impl ListenerMetrics {
+    pub fn local_reply(&self, reason: &'static str) {
+        if let Some((_, counter)) = self.local_replies.iter().find(|(r, _)| *r == reason) {
+            counter.inc();
+        }
+    }
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: RouteMatcher,
+    pub split: Split,
+    /// Until response headers; `None` disables.
+    pub timeout: Option<Duration>,
+    pub request_edits: HeaderEdits,
+    pub response_edits: HeaderEdits,
+}
+
+/// Where a route sends traffic: one or more clusters with weights.
+pub struct Split {
+    targets: Box<[Target]>,
+    total_weight: u32,
+}
+
+pub struct Target {
+    /// Index into [`RouteTable::clusters`].
+    pub cluster: usize,
+    pub weight: u32,
+    pub metrics: RequestMetrics,
+    /// Present on routes that can carry opaque TCP (no HTTP criteria).
+    pub tcp_bytes: Option<TcpBytes>,
+}
+
+/// `edgeplane_tcp_bytes_total` series of one (listener, cluster).
+pub struct TcpBytes {
+    pub rx: Counter,
+    pub tx: Counter,
+}
+
+impl Split {
+    pub fn new(targets: Vec<Target>) -> Self {
+        let total_weight = targets.iter().map(|t| t.weight).sum();
+        Split { targets: targets.into_boxed_slice(), total_weight }
+    }
+
+    pub fn pick(&self) -> &Target {
+        if self.targets.len() == 1 {
+            return &self.targets[0];
+        }
+        let mut draw = fastrand::u32(..self.total_weight);
+        for target in self.targets.iter() {
+            if draw < target.weight {
+                return target;
+            }
+            draw -= target.weight;
+        }
+        &self.targets[self.targets.len() - 1]
+    }
+
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+}
+
+/// Header edits with names and values parsed once.
+#[derive(Debug, Default)]
+pub struct HeaderEdits {
+    pub remove: Vec<HeaderName>,
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    /// Whether a header of this name is dropped from the original message
+    /// (removed, or replaced by a `set`).
+    pub fn drops(&self, name: &[u8]) -> bool {
+        self.remove.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+            || self.set.iter().any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+
+    /// The headers this edit adds to a message, in order.
+    pub fn additions(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+        self.set.iter().chain(self.add.iter())
+    }
+}
+
+pub struct ClusterTable {
+    pub name: Arc<str>,
+    pub protocol: ClusterProtocol,
+    pub connect_timeout: Duration,
+    pub pool: PoolSettings,
+    pub endpoints: Box<[Arc<EndpointState>]>,
+    /// Weight of each endpoint, in `endpoints` order.
+    pub weights: Box<[u32]>,
+    pub lb: config_model::LbPolicy,
+    pub balancer: Balancer,
+    /// Header whose value `ring_hash` hashes.
+    pub hash_header: Option<HeaderName>,
+}
+
+impl ClusterTable {
+    pub fn pick(&self, input: &PickInput<'_>) -> Option<&Arc<EndpointState>> {
+        let index = self.balancer.pick(input, |i| self.endpoints[i].active_requests.load(Ordering::Relaxed))?;
+        self.endpoints.get(index)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+    pub max_streams: u32,
+}
+
+/// One upstream endpoint of one cluster. Survives reloads while the cluster
+/// keeps the endpoint (same name, address and protocol), so its pools and
+/// load counters do too.
+pub struct EndpointState {
+    /// Index of this endpoint's pools in each worker's pool table.
+    pub id: usize,
+    pub cluster: Arc<str>,
+    pub addr: SocketAddr,
+    pub protocol: ClusterProtocol,
+    pub active_requests: AtomicU32,
+    /// Open upstream connections, over all workers.
+    pub connections: AtomicU32,
+    /// Idle pooled HTTP/1 connections, over all workers.
+    pub idle: AtomicU32,
+    pub metrics: ClusterMetrics,
+}
+
+impl std::fmt::Debug for EndpointState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointState")
+            .field("id", &self.id)
+            .field("cluster", &self.cluster)
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// Per-cluster metric handles shared by the cluster's endpoints.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub connections_active: Gauge,
+    pub connections_total: Counter,
+    pub requests_active: Gauge,
+    pub pool_idle: Gauge,
+    connect_errors: Vec<(&'static str, Counter)>,
+}
+
+impl ClusterMetrics {
+    pub fn connect_error(&self, reason: &'static str) {
+        if let Some((_, counter)) = self.connect_errors.iter().find(|(r, _)| *r == reason) {
+            counter.inc();
+        }
+    }
+}
+
+/// Counts a request in flight to an endpoint for as long as it lives.
+pub struct InFlight(Arc<EndpointState>);
+
+impl InFlight {
+    pub fn start(endpoint: &Arc<EndpointState>) -> Self {
+        endpoint.active_requests.fetch_add(1, Ordering::Relaxed);
+        endpoint.metrics.requests_active.inc();
+        InFlight(endpoint.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.requests_active.dec();
+    }
+}

@@ -1,0 +1,161 @@
+//! Opaque TCP: pick an endpoint, connect, relay both ways.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::access_log::TcpRecord;
+use crate::balance::PickInput;
+use crate::route::{InFlight, ListenerTable, RouteTable};
+use crate::state::Shared;
+use crate::upstream;
+
+/// Relay buffer per direction.
+const BUFFER: usize = 16 * 1024;
+
+/// Relays a client connection to the listener's TCP route. `prefix` holds
+/// bytes already read from the client (during detection).
+pub async fn relay(
+    mut client: TcpStream,
+    prefix: BytesMut,
+    client_addr: SocketAddr,
+    shared: &Shared,
+    table: &RouteTable,
+    listener: &ListenerTable,
+) {
+    let started = Instant::now();
+    let Some(route) = listener.tcp_route.map(|index| &listener.routes[index]) else {
+        tracing::debug!(listener = %listener.name, client = %client_addr, "no TCP route; closing");
+        return;
+    };
+    let target = route.split.pick();
+    let cluster = &table.clusters[target.cluster];
+    let pick = PickInput { client_ip: client_addr.ip(), hash_header: None };
+    let log = |upstream: Option<SocketAddr>, rx: u64, tx: u64, error: Option<String>| {
+        if table.access_log {
+            shared.access_log.tcp(
+                table.access_log_format,
+                &TcpRecord {
+                    listener: &listener.name,
+                    cluster: &cluster.name,
+                    client: client_addr,
+                    upstream,
+                    bytes_rx: rx,
+                    bytes_tx: tx,
+                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    error,
+                },
+            );
+        }
+    };
+    let Some(endpoint) = cluster.pick(&pick).cloned() else {
+        tracing::debug!(cluster = %cluster.name, "no endpoint for TCP connection; closing");
+        log(None, 0, 0, Some("no endpoint".into()));
+        return;
+    };
+    let _in_flight = InFlight::start(&endpoint);
+    let mut upstream = match upstream::connect(&endpoint, cluster.connect_timeout).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            log(Some(endpoint.addr), 0, 0, Some(error.to_string()));
+            return;
+        }
+    };
+
+    let Some(counters) = &target.tcp_bytes else {
+        return;
+    };
+    let (rx_counter, tx_counter) = (&counters.rx, &counters.tx);
+    let rx = AtomicU64::new(0);
+    let tx = AtomicU64::new(0);
+    let mut outcome = None;
+    if !prefix.is_empty() {
+        if let Err(error) = upstream.write_all(&prefix).await {
+            outcome = Some(error.to_string());
+        } else {
+            rx.fetch_add(prefix.len() as u64, Ordering::Relaxed);
+            rx_counter.inc_by(prefix.len() as u64);
+        }
+    }
+    if outcome.is_none() {
+        let (mut client_read, mut client_write) = client.split();
+        let (mut upstream_read, mut upstream_write) = upstream.tcp_mut().split();
+        let activity = Activity::new();
+        let to_upstream = pipe(&mut client_read, &mut upstream_write, &rx, rx_counter, &activity);
+        let to_client = pipe(&mut upstream_read, &mut client_write, &tx, tx_counter, &activity);
+        tokio::select! {
+            (up, down) = async { tokio::join!(to_upstream, to_client) } => {
+                outcome = up.err().or(down.err()).map(|e| e.to_string());
+            }
+            () = activity.idle(listener.tcp_idle_timeout) => {
+                outcome = Some("idle timeout".into());
+            }
+        }
+    }
+    let (rx, tx) = (rx.load(Ordering::Relaxed), tx.load(Ordering::Relaxed));
+    listener.metrics.bytes_rx.inc_by(rx);
+    listener.metrics.bytes_tx.inc_by(tx);
+    log(Some(endpoint.addr), rx, tx, outcome);
+}
+
+/// Copies until EOF, then half-closes the writer so the peer sees the end of
+/// this direction while the other direction keeps flowing.
+async fn pipe<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    total: &AtomicU64,
+    counter: &Counter,
+    activity: &Activity,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; BUFFER];
+    loop {
+        let n = reader.read(&mut buffer).await?;
+        if n == 0 {
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        writer.write_all(&buffer[..n]).await?;
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        counter.inc_by(n as u64);
+        activity.touch();
+    }
+}
+
+/// Last time bytes moved in either direction.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `limit`.
+    async fn idle(&self, limit: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
