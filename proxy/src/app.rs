@@ -214,10 +214,16 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
         .name("edgeplane-control".into())
         .spawn(move || runtime.block_on(controller.run(commands, admin_socket)))?;
     shared.lifecycle.set_ready();
+    let bound_addrs = {
+        let addrs = listener_addrs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pairs: Vec<String> = addrs.iter().map(|(name, addr)| format!("{name}={addr}")).collect();
+        pairs.sort();
+        pairs.join(",")
+    };
     tracing::info!(
         admin = %admin_addr,
+        listeners = %bound_addrs,
         workers,
-        listeners = config.listeners.len(),
         clusters = config.clusters.len(),
         "edgeplane ready"
     );

@@ -2,4 +2,5 @@
 //! behind the proxy ([`upstream`]) and low-level clients ([`client`]).
 
 pub mod client;
+pub mod harness;
 pub mod upstream;

@@ -1,0 +1,105 @@
+//! Runs the proxy in-process from a YAML config, on ephemeral ports.
+//!
+//! Configs are written with `127.0.0.1:0` binds; [`TestProxy::addr`] gives
+//! the port each listener got. The proxy runs its own worker threads and
+//! control thread, exactly as the binary does; only signal handling and the
+//! config-file watcher are off (tests ask for reloads directly).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edgeplane::{Options, ProxyHandle, ReloadOutcome, StartError};
+
+/// Hang guard for whole tests; never used to synchronise.
+pub const GUARD: Duration = Duration::from_secs(60);
+
+pub async fn guard<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(GUARD, future).await.expect("test hung (hang guard fired)")
+}
+
+pub struct TestProxy {
+    handle: ProxyHandle,
+    config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestProxy {
+    /// Starts a proxy with two workers (so cross-worker behaviour is exercised).
+    pub fn start(yaml: &str) -> TestProxy {
+        Self::try_start(yaml, 2).unwrap_or_else(|error| panic!("proxy failed to start: {error}\nconfig:\n{yaml}"))
+    }
+
+    pub fn start_with_workers(yaml: &str, workers: usize) -> TestProxy {
+        Self::try_start(yaml, workers).unwrap_or_else(|error| panic!("proxy failed to start: {error}\nconfig:\n{yaml}"))
+    }
+
+    pub fn try_start(yaml: &str, workers: usize) -> Result<TestProxy, StartError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("edgeplane.yaml");
+        std::fs::write(&config_path, yaml).expect("write config");
+        let handle = edgeplane::start(Options {
+            config_path: config_path.clone(),
+            workers,
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            watch_config: false,
+            handle_signals: false,
+        })?;
+        Ok(TestProxy { handle, config_path, _dir: dir })
+    }
+
+    /// The bound address of a listener.
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.handle.listener_addr(listener).unwrap_or_else(|| panic!("no listener {listener:?}"))
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.handle.admin_addr()
+    }
+
+    pub fn handle(&self) -> &ProxyHandle {
+        &self.handle
+    }
+
+    /// Writes a new config file and reloads it, as SIGHUP would.
+    pub async fn reload(&self, yaml: &str) -> Result<ReloadOutcome, String> {
+        std::fs::write(&self.config_path, yaml).expect("write config");
+        self.handle.reload().await
+    }
+
+    /// GET on the admin server: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let (status, _, body) = crate::client::get(self.admin(), "localhost", path).await;
+        (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The value of one metric series from `/metrics`, matched by its full
+    /// name and a label subset such as `listener="web",class="2xx"`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (_, text) = self.admin_get("/metrics").await;
+        find_metric(&text, name, labels)
+    }
+}
+
+/// Finds a sample in Prometheus/OpenMetrics text.
+pub fn find_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (series_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            return None;
+        }
+        let all = labels.iter().all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+        all.then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// A cluster entry for configs: `name` with these endpoint addresses.
+pub fn cluster(name: &str, endpoints: &[SocketAddr]) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!("  - name: {name}\n    endpoints: [ {} ]\n", list.join(", "))
+}
