@@ -1,7 +1,7 @@
 //! Low-level HTTP and TCP clients with precise control over connections:
 //! one [`Http1Conn`] or [`Http2Conn`] is exactly one TCP connection.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 /// Response trailers, stored in the extensions of a response returned by
@@ -58,6 +58,23 @@ impl Http1Conn {
 
     pub async fn try_connect(addr: SocketAddr) -> Result<Http1Conn, Box<dyn std::error::Error + Send + Sync>> {
         let stream = tcp_connect(addr).await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Http1Conn { sender, conn })
+    }
+
+    /// Connects from a chosen local IP (ephemeral port), e.g. a non-loopback
+    /// address of this host, so the server sees that address as the peer.
+    pub async fn try_connect_from(
+        local: IpAddr,
+        addr: SocketAddr,
+    ) -> Result<Http1Conn, Box<dyn std::error::Error + Send + Sync>> {
+        let socket = if local.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.bind(SocketAddr::new(local, 0))?;
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
         let conn = tokio::spawn(async move {
             let _ = conn.await;
@@ -156,6 +173,27 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, Heade
         .body(Full::new(Bytes::new()))
         .expect("valid request");
     let response = conn.send(req).await.unwrap_or_else(|e| panic!("GET {path} (host {host}) via {addr}: {e}"));
+    let (parts, body) = response.into_parts();
+    (parts.status, parts.headers, body)
+}
+
+/// A request with an empty body, a `host` header and extra headers.
+pub fn simple_request(method: &str, path: &str, host: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder().method(method).uri(path).header(HOST, host);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(Bytes::new())).expect("valid request")
+}
+
+/// `method path` with `host: host` on a fresh HTTP/1.1 connection; panics on
+/// any error. Returns status, headers and the whole body.
+pub async fn call(addr: SocketAddr, method: &str, host: &str, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+    let mut conn = Http1Conn::connect(addr).await;
+    let response = conn
+        .send(simple_request(method, path, host, &[]))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} (host {host}) via {addr}: {e}"));
     let (parts, body) = response.into_parts();
     (parts.status, parts.headers, body)
 }

@@ -6,7 +6,7 @@
 //! config-file watcher are off (tests ask for reloads directly).
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,13 +36,24 @@ impl TestProxy {
     }
 
     pub fn try_start(yaml: &str, workers: usize) -> Result<TestProxy, StartError> {
+        Self::try_start_with_admin(yaml, workers, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts a proxy with two workers whose admin server binds `admin`
+    /// (e.g. `0.0.0.0:0` to reach it from a non-loopback address).
+    pub fn start_with_admin(yaml: &str, admin: SocketAddr) -> TestProxy {
+        Self::try_start_with_admin(yaml, 2, admin)
+            .unwrap_or_else(|error| panic!("proxy failed to start: {error}\nconfig:\n{yaml}"))
+    }
+
+    pub fn try_start_with_admin(yaml: &str, workers: usize, admin: SocketAddr) -> Result<TestProxy, StartError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("edgeplane.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
         let handle = edgeplane::start(Options {
             config_path: config_path.clone(),
             workers,
-            admin: Some("127.0.0.1:0".parse().unwrap()),
+            admin: Some(admin),
             watch_config: false,
             handle_signals: false,
         })?;
@@ -58,6 +69,22 @@ impl TestProxy {
         self.handle.admin_addr()
     }
 
+    /// The admin address to connect to from this host: [`TestProxy::admin`],
+    /// with an unspecified IP (`0.0.0.0`) replaced by 127.0.0.1.
+    pub fn admin_loopback(&self) -> SocketAddr {
+        let admin = self.admin();
+        if admin.ip().is_unspecified() {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), admin.port())
+        } else {
+            admin
+        }
+    }
+
+    /// The path of the config file the proxy reads on reload.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
     pub fn handle(&self) -> &ProxyHandle {
         &self.handle
     }
@@ -70,8 +97,14 @@ impl TestProxy {
 
     /// GET on the admin server: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        let (status, _, body) = crate::client::get(self.admin(), "localhost", path).await;
+        let (status, _, body) = crate::client::get(self.admin_loopback(), "localhost", path).await;
         (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Any method on the admin server, from loopback: (status, headers, body).
+    pub async fn admin_request(&self, method: &str, path: &str) -> (u16, http::HeaderMap, String) {
+        let (status, headers, body) = crate::client::call(self.admin_loopback(), method, "localhost", path).await;
+        (status.as_u16(), headers, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// The value of one metric series from `/metrics`, matched by its full

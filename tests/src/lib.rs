@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod harness;
+pub mod process;
 pub mod upstream;
