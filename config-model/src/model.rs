@@ -209,6 +209,10 @@ pub struct Route {
     /// Split traffic across clusters in proportion to their weights (SMI TrafficSplit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<Vec<WeightedCluster>>,
+    /// Answer from the proxy itself, without an upstream (like nginx's
+    /// `return`): health endpoints, maintenance pages, redirects. HTTP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
     /// Time allowed from the start of a request until the upstream's response
     /// headers arrive; exceeded → `504`. Streaming bodies after the headers are
     /// not limited by it. HTTP only.
@@ -305,6 +309,20 @@ impl OneOrMany {
             OneOrMany::Many(many) => many,
         }
     }
+}
+
+/// A response made by the proxy itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    /// Status code, 200 to 599.
+    pub status: u16,
+    /// Response body (at most 64 KiB).
+    #[serde(default)]
+    pub body: String,
+    /// `Content-Type` of the body.
+    #[serde(default = "defaults::content_type")]
+    pub content_type: String,
 }
 
 /// A cluster and its share of a split.
@@ -542,6 +560,9 @@ pub mod defaults {
     }
     pub fn weight() -> u32 {
         1
+    }
+    pub fn content_type() -> String {
+        "text/plain".into()
     }
     /// The timeout of a route that sets none.
     pub fn route_timeout() -> StdDuration {

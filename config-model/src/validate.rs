@@ -213,6 +213,9 @@ impl Validator {
         if route.timeout.is_some() {
             self.error(format!("{path}.timeout"), "HTTP timeout on a tcp listener");
         }
+        if route.direct_response.is_some() {
+            self.error(format!("{path}.direct_response"), "direct responses need HTTP, not a tcp listener");
+        }
         if !route.request_headers.is_empty() || !route.response_headers.is_empty() {
             self.error(format!("{path}.request_headers"), "header edits on a tcp listener");
         }
@@ -280,29 +283,42 @@ impl Validator {
             }
         }
 
-        match (&route.cluster, &route.split) {
-            (Some(_), Some(_)) => self.error(path, "give either cluster or split, not both"),
-            (None, None) => self.error(path, "give cluster or split"),
-            (Some(cluster), None) => self.cluster_ref(&format!("{path}.cluster"), cluster, clusters),
-            (None, Some(split)) => {
-                if split.is_empty() {
-                    self.error(format!("{path}.split"), "must list at least one cluster");
+        let actions = [route.cluster.is_some(), route.split.is_some(), route.direct_response.is_some()];
+        match actions.iter().filter(|given| **given).count() {
+            0 => self.error(path, "give one of cluster, split, direct_response"),
+            1 => {}
+            _ => self.error(path, "give only one of cluster, split, direct_response"),
+        }
+        if let Some(cluster) = &route.cluster {
+            self.cluster_ref(&format!("{path}.cluster"), cluster, clusters);
+        }
+        if let Some(split) = &route.split {
+            if split.is_empty() {
+                self.error(format!("{path}.split"), "must list at least one cluster");
+            }
+            let mut seen = HashSet::new();
+            for (i, entry) in split.iter().enumerate() {
+                let entry_path = format!("{path}.split[{i}]");
+                self.cluster_ref(&format!("{entry_path}.cluster"), &entry.cluster, clusters);
+                if !seen.insert(entry.cluster.as_str()) {
+                    self.error(
+                        format!("{entry_path}.cluster"),
+                        format!("cluster {:?} appears twice in the split", entry.cluster),
+                    );
                 }
-                let mut seen = HashSet::new();
-                for (i, entry) in split.iter().enumerate() {
-                    let entry_path = format!("{path}.split[{i}]");
-                    self.cluster_ref(&format!("{entry_path}.cluster"), &entry.cluster, clusters);
-                    if !seen.insert(entry.cluster.as_str()) {
-                        self.error(
-                            format!("{entry_path}.cluster"),
-                            format!("cluster {:?} appears twice in the split", entry.cluster),
-                        );
-                    }
-                    if !(1..=MAX_WEIGHT).contains(&entry.weight) {
-                        self.error(format!("{entry_path}.weight"), format!("must be between 1 and {MAX_WEIGHT}"));
-                    }
+                if !(1..=MAX_WEIGHT).contains(&entry.weight) {
+                    self.error(format!("{entry_path}.weight"), format!("must be between 1 and {MAX_WEIGHT}"));
                 }
             }
+        }
+        if let Some(direct) = &route.direct_response {
+            if !(200..=599).contains(&direct.status) {
+                self.error(format!("{path}.direct_response.status"), "must be between 200 and 599");
+            }
+            if direct.body.len() > 64 * 1024 {
+                self.error(format!("{path}.direct_response.body"), "must be at most 64 KiB");
+            }
+            self.header_value(&format!("{path}.direct_response.content_type"), &direct.content_type);
         }
         if let Some(timeout) = &route.timeout {
             self.check(format!("{path}.timeout"), timeout.parse());

@@ -77,6 +77,17 @@ pub struct LocalReply {
 }
 
 impl ProxyError {
+    /// Classifies a failed upstream exchange. hyper reports a broken client
+    /// request body (bad chunking, client gone) as a "user" error: that is
+    /// the client's fault, not the upstream's.
+    pub fn from_exchange(error: &hyper::Error) -> Self {
+        if error.is_user() {
+            ProxyError::BadRequest("invalid request body")
+        } else {
+            ProxyError::Upstream(error.to_string())
+        }
+    }
+
     pub fn reply(&self) -> LocalReply {
         let (status, body, reason, close) = match self {
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no route\n", "no_route", false),

@@ -14,8 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::detect::{detect, Detected};
 use crate::http::forward::ConnContext;
-use crate::http::server::{serve_http1, serve_http2};
-use crate::io::PrefixedIo;
+use crate::http::h1;
+use crate::http::server::serve_http2;
+use crate::io::{Metered, PrefixedIo};
 use crate::state::Shared;
 use crate::tcp;
 
@@ -96,12 +97,12 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
         Detected::Closed => {}
         Detected::Http1 => {
             listener.metrics.accepted_http1.inc();
-            let io = PrefixedIo::new(buffer, stream);
-            serve_http1(io, context(Version::HTTP_11), &listener.http).await;
+            h1::serve(stream, buffer, shared.clone(), slot, client).await;
         }
         Detected::Http2 => {
             listener.metrics.accepted_http2.inc();
             let io = PrefixedIo::new(buffer, stream);
+            let io = Metered::new(io, listener.metrics.bytes_rx.clone(), listener.metrics.bytes_tx.clone());
             serve_http2(io, context(Version::HTTP_2), &listener.http).await;
         }
         Detected::Tcp if listener.protocol == ListenerProtocol::Http => {

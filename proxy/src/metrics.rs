@@ -123,7 +123,7 @@ impl EncodeMetric for LatencyHistogram {
         for (i, slot) in buckets.iter_mut().enumerate() {
             let n = self.inner.buckets[i].load(Ordering::Relaxed);
             count += n;
-            *slot = (LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::MAX), n);
+            *slot = (LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), n);
         }
         let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)

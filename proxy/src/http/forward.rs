@@ -84,6 +84,15 @@ pub async fn handle(
             error,
         ));
     };
+    if let Some(direct) = &route.direct {
+        let context = Some((&*table, &**listener, &direct.metrics, &*route.name, ""));
+        record(&conn, context, started, &log, direct.status.as_u16(), None, None);
+        let mut response = Response::new(ResponseBody::local(ProxyBody::Full(Some(direct.body.clone()))));
+        *response.status_mut() = direct.status;
+        response.headers_mut().insert(header::CONTENT_TYPE, direct.content_type.clone());
+        finish_response(&mut response, route, &conn, false);
+        return Ok(response);
+    }
     let target = route.split.pick();
     let cluster = &table.clusters[target.cluster];
     let context = Some((&*table, &**listener, &target.metrics, &*route.name, &*cluster.name));

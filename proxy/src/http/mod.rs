@@ -2,5 +2,6 @@
 
 pub mod body;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod server;

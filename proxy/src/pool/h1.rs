@@ -1,6 +1,5 @@
 //! HTTP/1.1 keep-alive pool of hyper client connections.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use super::idle::{IdleStack, Reusable};
 use super::POOLS;
 use crate::error::ProxyError;
 use crate::http::body::ProxyBody;
@@ -18,63 +18,18 @@ use crate::upstream;
 
 type Sender = http1::SendRequest<ProxyBody>;
 
-struct Idle {
-    sender: Sender,
-    since: Instant,
-}
+pub type EndpointPool = IdleStack<Sender>;
 
-#[derive(Default)]
-pub struct EndpointPool {
-    idle: Vec<Idle>,
-    idle_timeout: Duration,
-    max_idle: usize,
-    endpoint: Option<Arc<EndpointState>>,
-}
-
-impl EndpointPool {
-    fn take(&mut self, now: Instant) -> Option<Sender> {
-        while let Some(idle) = self.idle.pop() {
-            self.count_idle(-1);
-            if !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout {
-                return Some(idle.sender);
-            }
-        }
-        None
-    }
-
-    fn count_idle(&self, delta: i64) {
-        if let Some(endpoint) = &self.endpoint {
-            if delta > 0 {
-                endpoint.idle.fetch_add(1, Ordering::Relaxed);
-                endpoint.metrics.pool_idle.inc();
-            } else {
-                endpoint.idle.fetch_sub(1, Ordering::Relaxed);
-                endpoint.metrics.pool_idle.dec();
-            }
-        }
-    }
-
-    pub fn sweep(&mut self, now: Instant) {
-        let before = self.idle.len();
-        let timeout = self.idle_timeout;
-        self.idle.retain(|idle| !idle.sender.is_closed() && now.duration_since(idle.since) < timeout);
-        for _ in self.idle.len()..before {
-            self.count_idle(-1);
-        }
-    }
-
-    pub fn clear(&mut self) {
-        for _ in 0..self.idle.len() {
-            self.count_idle(-1);
-        }
-        self.idle.clear();
+impl Reusable for Sender {
+    fn is_reusable(&mut self) -> bool {
+        !self.is_closed()
     }
 }
 
 /// A connection lent to one request; back to the pool when dropped.
 pub struct Lease {
     sender: Option<Sender>,
-    endpoint_id: usize,
+    endpoint: Arc<EndpointState>,
 }
 
 impl Drop for Lease {
@@ -86,16 +41,9 @@ impl Drop for Lease {
         if sender.is_closed() {
             return;
         }
-        let since = Instant::now();
+        let now = Instant::now();
         // The thread-local may be gone while the worker thread shuts down.
-        let _ = POOLS.try_with(|pools| {
-            let mut pools = pools.borrow_mut();
-            let pool = pools.http1(self.endpoint_id);
-            if pool.idle.len() < pool.max_idle {
-                pool.idle.push(Idle { sender, since });
-                pool.count_idle(1);
-            }
-        });
+        let _ = POOLS.try_with(|pools| pools.borrow_mut().http1(self.endpoint.id).put(sender, now));
     }
 }
 
@@ -108,11 +56,7 @@ pub async fn send(
     loop {
         let pooled = POOLS.with_borrow_mut(|pools| {
             let pool = pools.http1(endpoint.id);
-            pool.idle_timeout = settings.idle_timeout;
-            pool.max_idle = settings.max_idle;
-            if pool.endpoint.is_none() {
-                pool.endpoint = Some(endpoint.clone());
-            }
+            pool.configure(endpoint, settings);
             pool.take(Instant::now())
         });
         let Some(mut sender) = pooled else { break };
@@ -125,7 +69,7 @@ pub async fn send(
             // upstream closed it while idle): safe to try another.
             Err(mut error) => match error.take_message() {
                 Some(unsent) => request = unsent,
-                None => return Err(ProxyError::Upstream(error.into_error().to_string())),
+                None => return Err(ProxyError::from_exchange(&error.into_error())),
             },
         }
     }
@@ -133,12 +77,12 @@ pub async fn send(
     let mut sender = connect(endpoint, connect_timeout, false).await?;
     match sender.send_request(request).await {
         Ok(response) => Ok((response, lease(sender, endpoint))),
-        Err(error) => Err(ProxyError::Upstream(error.to_string())),
+        Err(error) => Err(ProxyError::from_exchange(&error)),
     }
 }
 
-fn lease(sender: Sender, endpoint: &EndpointState) -> Lease {
-    Lease { sender: Some(sender), endpoint_id: endpoint.id }
+fn lease(sender: Sender, endpoint: &Arc<EndpointState>) -> Lease {
+    Lease { sender: Some(sender), endpoint: endpoint.clone() }
 }
 
 async fn connect(endpoint: &Arc<EndpointState>, timeout: Duration, upgrades: bool) -> Result<Sender, ProxyError> {
@@ -162,5 +106,5 @@ pub async fn send_upgrade(
     request: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let mut sender = connect(endpoint, connect_timeout, true).await?;
-    sender.send_request(request).await.map_err(|e| ProxyError::Upstream(e.to_string()))
+    sender.send_request(request).await.map_err(|e| ProxyError::from_exchange(&e))
 }

@@ -136,7 +136,7 @@ pub async fn send(
     };
     match lease.sender.send_request(request).await {
         Ok(response) => Ok((response, lease)),
-        Err(error) => Err(ProxyError::Upstream(error.to_string())),
+        Err(error) => Err(ProxyError::from_exchange(&error)),
     }
 }
 

@@ -6,14 +6,19 @@
 //! [`crate::state::Registry`] and are stable across reloads, so a reload keeps
 //! every pooled connection.
 //!
-//! - HTTP/1: a LIFO stack of idle hyper `SendRequest`s per endpoint. A
-//!   connection returns to the stack when its response body ends.
+//! - HTTP/1 fast path: a LIFO stack of idle plain TCP connections per
+//!   endpoint ([`raw`]); the fast path speaks HTTP/1 on them itself.
+//! - HTTP/1 via hyper (connections the fast path hands over): a LIFO stack of
+//!   idle hyper `SendRequest`s per endpoint. A connection returns to the
+//!   stack when its response body ends.
 //! - HTTP/2: a few shared connections per endpoint, each carrying up to
 //!   `max_concurrent_streams` requests; another is dialled when all are full,
 //!   with at most one dial in flight per endpoint.
 
 mod h1;
 mod h2;
+mod idle;
+pub mod raw;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -64,6 +69,7 @@ thread_local! {
 struct WorkerPools {
     http1: Vec<h1::EndpointPool>,
     http2: Vec<h2::EndpointPool>,
+    raw: Vec<idle::IdleStack<crate::io::UpstreamStream>>,
 }
 
 impl WorkerPools {
@@ -72,6 +78,13 @@ impl WorkerPools {
             self.http1.resize_with(id + 1, Default::default);
         }
         &mut self.http1[id]
+    }
+
+    fn raw(&mut self, id: usize) -> &mut idle::IdleStack<crate::io::UpstreamStream> {
+        if self.raw.len() <= id {
+            self.raw.resize_with(id + 1, Default::default);
+        }
+        &mut self.raw[id]
     }
 
     fn http2(&mut self, id: usize) -> &mut h2::EndpointPool {
@@ -93,6 +106,9 @@ pub fn sweep_idle() {
         for pool in &mut pools.http2 {
             pool.sweep(now);
         }
+        for pool in &mut pools.raw {
+            pool.sweep(now);
+        }
     });
 }
 
@@ -104,6 +120,9 @@ pub fn release(ids: &[usize]) {
                 pool.clear();
             }
             if let Some(pool) = pools.http2.get_mut(*id) {
+                pool.clear();
+            }
+            if let Some(pool) = pools.raw.get_mut(*id) {
                 pool.clear();
             }
         }

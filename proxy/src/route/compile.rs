@@ -206,7 +206,7 @@ fn compile_listener(
             metrics,
         )?);
     }
-    let tcp_route = routes.iter().position(|route: &Route| route.matcher.is_empty());
+    let tcp_route = routes.iter().position(|route: &Route| route.matcher.is_empty() && route.direct.is_none());
     let http = &listener.http;
     let connection = |protocol| {
         metrics.connections_total.get_or_create(&ConnectionLabels { listener: listener.name.clone(), protocol }).clone()
@@ -312,7 +312,19 @@ fn compile_route(
     let entries: Vec<(&str, u32)> = match (&route.cluster, &route.split) {
         (Some(cluster), None) => vec![(cluster.as_str(), 1)],
         (None, Some(split)) => split.iter().map(|e| (e.cluster.as_str(), e.weight)).collect(),
-        _ => return Err(invalid(path, "give cluster or split")),
+        _ => Vec::new(),
+    };
+    let direct = match &route.direct_response {
+        Some(direct) => Some(DirectResponse {
+            status: http::StatusCode::from_u16(direct.status)
+                .map_err(|e| invalid(&format!("{path}.direct_response.status"), e))?,
+            body: bytes::Bytes::from(direct.body.clone()),
+            content_type: HeaderValue::from_str(&direct.content_type)
+                .map_err(|e| invalid(&format!("{path}.direct_response.content_type"), e))?,
+            metrics: RequestMetrics::new(metrics, listener, &name, ""),
+        }),
+        None if entries.is_empty() => return Err(invalid(path, "give one of cluster, split, direct_response")),
+        None => None,
     };
     let mut targets = Vec::with_capacity(entries.len());
     for (cluster, weight) in entries {
@@ -338,6 +350,7 @@ fn compile_route(
     Ok(Route {
         name,
         matcher,
+        direct,
         split: Split::new(targets),
         timeout,
         request_edits: header_edits(&format!("{path}.request_headers"), &route.request_headers)?,

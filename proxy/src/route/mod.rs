@@ -97,11 +97,21 @@ impl ListenerMetrics {
 pub struct Route {
     pub name: Arc<str>,
     pub matcher: RouteMatcher,
+    /// Answer from the proxy instead of forwarding; `split` is empty then.
+    pub direct: Option<DirectResponse>,
     pub split: Split,
     /// Until response headers; `None` disables.
     pub timeout: Option<Duration>,
     pub request_edits: HeaderEdits,
     pub response_edits: HeaderEdits,
+}
+
+/// A response the proxy makes itself.
+pub struct DirectResponse {
+    pub status: http::StatusCode,
+    pub body: bytes::Bytes,
+    pub content_type: HeaderValue,
+    pub metrics: RequestMetrics,
 }
 
 /// Where a route sends traffic: one or more clusters with weights.

@@ -1,0 +1,541 @@
+//! The HTTP/1.1 fast path.
+//!
+//! Most HTTP/1 traffic is small keep-alive requests to HTTP/1 upstreams. For
+//! those this path parses the head with httparse on the connection's own
+//! buffer, routes on offsets into it, writes the upstream head (hop-by-hop
+//! headers out, forwarding headers and edits in) plus the buffered body in one
+//! write to a pooled plain TCP connection, and relays the response the same
+//! way. Nothing is allocated per request once a connection's buffers exist.
+//!
+//! Everything else is handed to hyper ([`crate::http::server::serve_http1`])
+//! for the rest of the connection, at a request boundary, with the unread
+//! bytes replayed: upgrades, `Expect: 100-continue`, HTTP/1.0, absolute-form
+//! targets, CONNECT, request bodies larger than [`MAX_BUFFERED_BODY`], and
+//! routes to HTTP/2 clusters.
+
+mod chunked;
+mod head;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use config_model::ClusterProtocol;
+use http::{StatusCode, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::chunked::ChunkedScanner;
+use self::head::{parse_response, Framing, HeadError, RequestHead, RequestHeadView, ResponseContext};
+use crate::access_log::HttpRecord;
+use crate::balance::PickInput;
+use crate::error::ProxyError;
+use crate::http::forward::ConnContext;
+use crate::http::server::serve_http1;
+use crate::io::{Metered, PrefixedIo, UpstreamStream};
+use crate::metrics::RequestMetrics;
+use crate::pool::raw;
+use crate::route::{ClusterTable, EndpointState, InFlight, ListenerTable, Route, RouteTable};
+use crate::state::{draining, Shared};
+use crate::upstream;
+
+/// Largest request body the fast path buffers whole; larger bodies are
+/// streamed by the hyper path.
+const MAX_BUFFERED_BODY: usize = 64 * 1024;
+/// Read size for client and upstream buffers.
+const READ_CHUNK: usize = 8 * 1024;
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Serves an HTTP/1 client connection; `buffer` holds bytes already read.
+pub async fn serve(stream: TcpStream, buffer: BytesMut, shared: Arc<Shared>, slot: usize, client: SocketAddr) {
+    let mut connection = Connection {
+        drain: shared.lifecycle.drain_signal(),
+        shared,
+        slot,
+        client,
+        stream,
+        buf: buffer,
+        head: RequestHead::default(),
+        out: Vec::with_capacity(1024),
+        upstream_buf: BytesMut::new(),
+    };
+    if connection.run().await == Next::Handover {
+        let Connection { shared, slot, client, stream, buf, .. } = connection;
+        let table = shared.table.load_full();
+        let Some(listener) = table.listener(slot).cloned() else { return };
+        let context = Arc::new(ConnContext { shared, slot, client, downstream: Version::HTTP_11 });
+        let metrics = &listener.metrics;
+        let io = Metered::new(PrefixedIo::new(buf, stream), metrics.bytes_rx.clone(), metrics.bytes_tx.clone());
+        serve_http1(io, context, &listener.http).await;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+    /// Let hyper serve the rest of the connection, starting at the current request.
+    Handover,
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    slot: usize,
+    client: SocketAddr,
+    stream: TcpStream,
+    /// Client bytes not yet consumed; starts at the current request.
+    buf: BytesMut,
+    head: RequestHead,
+    /// Heads (and small bodies) being written, in either direction.
+    out: Vec<u8>,
+    upstream_buf: BytesMut,
+    drain: watch::Receiver<bool>,
+}
+
+/// How reading the next request went.
+enum Incoming {
+    /// A complete head (and, for the fast path, a complete body) is buffered.
+    Request {
+        body_len: usize,
+    },
+    Closed,
+    Handover,
+    Reject(ProxyError),
+}
+
+/// How an upstream exchange failed.
+enum ExchangeError {
+    /// Nothing was sent to the client yet: answer with this error.
+    BeforeResponse(ProxyError),
+    /// The response had started; the client connection must be cut.
+    DuringResponse,
+}
+
+impl Connection {
+    async fn run(&mut self) -> Next {
+        loop {
+            let table = self.shared.table.load_full();
+            let Some(listener) = table.listener(self.slot).cloned() else { return Next::Close };
+            let body_len = match self.read_request(&listener).await {
+                Incoming::Request { body_len } => body_len,
+                Incoming::Closed => return Next::Close,
+                Incoming::Handover => return Next::Handover,
+                Incoming::Reject(error) => {
+                    let metrics = &listener.metrics.unrouted;
+                    self.local_reply(&table, &listener, metrics, ("", ""), Instant::now(), error).await;
+                    return Next::Close;
+                }
+            };
+            let next = self.handle(&table, &listener, body_len).await;
+            if next != Next::KeepAlive {
+                return next;
+            }
+            self.buf.advance(self.head.len + body_len);
+        }
+    }
+
+    /// Reads until a whole request is buffered (or the request must go to hyper).
+    async fn read_request(&mut self, listener: &ListenerTable) -> Incoming {
+        let settings = &listener.http;
+        let mut head_deadline = None;
+        loop {
+            if !self.buf.is_empty() {
+                match self.head.parse(&self.buf, settings.max_headers, settings.max_header_bytes) {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(HeadError::TooLarge) => return Incoming::Reject(ProxyError::HeadersTooLarge),
+                    Err(HeadError::Malformed(why)) => return Incoming::Reject(ProxyError::BadRequest(why)),
+                }
+            }
+            // Idle between requests: wait up to the idle timeout, and close
+            // at once when draining. Mid-head: the head must complete within
+            // the header read timeout (slow-loris guard).
+            let deadline = if self.buf.is_empty() {
+                if self.shared.lifecycle.is_draining() {
+                    return Incoming::Closed;
+                }
+                Instant::now() + settings.idle_timeout
+            } else {
+                *head_deadline.get_or_insert_with(|| Instant::now() + settings.header_read_timeout)
+            };
+            let idle = self.buf.is_empty();
+            self.buf.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                biased;
+                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)) => read,
+                _ = draining(&mut self.drain), if idle => return Incoming::Closed,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return Incoming::Closed,
+                Ok(Ok(_)) => {}
+                Err(_elapsed) if idle => return Incoming::Closed,
+                Err(_elapsed) => return Incoming::Reject(ProxyError::RequestTimeout),
+            }
+        }
+        if self.head.handover.is_some() {
+            return Incoming::Handover;
+        }
+        // The fast path sends a request in one write, so its body must be
+        // here whole; a large or slow body goes to hyper, which streams.
+        let head_len = self.head.len;
+        let mut scanner = ChunkedScanner::new();
+        let mut scanned = 0;
+        loop {
+            let available = self.buf.len() - head_len;
+            let body_len = match self.head.framing {
+                Framing::None | Framing::UntilClose => Some(0),
+                Framing::Length(length) if length as usize > MAX_BUFFERED_BODY => return Incoming::Handover,
+                Framing::Length(length) => Some(length as usize).filter(|l| *l <= available),
+                Framing::Chunked => {
+                    match scanner.scan(&self.buf[head_len + scanned..]) {
+                        Ok(n) => scanned += n,
+                        Err(_) => return Incoming::Reject(ProxyError::BadRequest("invalid chunked body")),
+                    }
+                    if scanner.is_done() {
+                        Some(scanned)
+                    } else if available > MAX_BUFFERED_BODY {
+                        return Incoming::Handover;
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(body_len) = body_len {
+                return Incoming::Request { body_len };
+            }
+            self.buf.reserve(READ_CHUNK);
+            let deadline = Instant::now() + settings.idle_timeout;
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Incoming::Closed,
+                Ok(Ok(_)) => {}
+                Err(_elapsed) => return Incoming::Reject(ProxyError::RequestTimeout),
+            }
+        }
+    }
+
+    async fn handle(&mut self, table: &RouteTable, listener: &Arc<ListenerTable>, body_len: usize) -> Next {
+        let started = Instant::now();
+        let view = RequestHeadView { head: &self.head, buf: &self.buf };
+        let Some(route) = listener.route_for(&view) else {
+            let metrics = &listener.metrics.unrouted;
+            return self.local_reply(table, listener, metrics, ("", ""), started, ProxyError::NoRoute).await;
+        };
+        if let Some(direct) = &route.direct {
+            let close = self.head.close || self.shared.lifecycle.is_draining();
+            self.out.clear();
+            let body = if self.head.is_head(&self.buf) { &[][..] } else { &direct.body[..] };
+            write_response(
+                &mut self.out,
+                direct.status,
+                direct.content_type.as_bytes(),
+                direct.body.len(),
+                body,
+                close,
+            );
+            let written = self.write_client(listener).await;
+            let names = (&*route.name, "");
+            self.record(table, listener, &direct.metrics, names, started, direct.status.as_u16(), None, None);
+            return if written.is_err() || close { Next::Close } else { Next::KeepAlive };
+        }
+        let target = route.split.pick();
+        let cluster = &table.clusters[target.cluster];
+        if cluster.protocol == ClusterProtocol::Http2 {
+            return Next::Handover;
+        }
+        let names = (&*route.name, &*cluster.name);
+        let hash_header = cluster.hash_header.as_ref().and_then(|name| self.head.header(&self.buf, name));
+        let pick = PickInput { client_ip: self.client.ip(), hash_header };
+        let Some(endpoint) = cluster.pick(&pick).cloned() else {
+            return self.local_reply(table, listener, &target.metrics, names, started, ProxyError::NoEndpoint).await;
+        };
+        let _in_flight = InFlight::start(&endpoint);
+
+        let exchange = self.exchange(listener, route, cluster, &endpoint, body_len);
+        let outcome = match route.timeout {
+            Some(limit) => match tokio::time::timeout_at(started + limit, exchange).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ExchangeError::BeforeResponse(ProxyError::UpstreamTimeout)),
+            },
+            None => exchange.await,
+        };
+        match outcome {
+            Ok((status, next)) => {
+                self.record(table, listener, &target.metrics, names, started, status, Some(endpoint.addr), None);
+                next
+            }
+            Err(ExchangeError::BeforeResponse(error)) => {
+                self.local_reply(table, listener, &target.metrics, names, started, error).await
+            }
+            Err(ExchangeError::DuringResponse) => Next::Close,
+        }
+    }
+
+    /// Sends the buffered request upstream and relays the response. Returns
+    /// the status and what to do with the client connection.
+    async fn exchange(
+        &mut self,
+        listener: &ListenerTable,
+        route: &Route,
+        cluster: &ClusterTable,
+        endpoint: &Arc<EndpointState>,
+        body_len: usize,
+    ) -> Result<(u16, Next), ExchangeError> {
+        let head_len = self.head.len;
+        self.out.clear();
+        self.head.write_upstream(
+            &self.buf,
+            &mut self.out,
+            &listener.http,
+            &route.request_edits,
+            self.client.ip(),
+            endpoint.addr,
+        );
+        self.out.extend_from_slice(&self.buf[head_len..head_len + body_len]);
+        listener.metrics.bytes_rx.inc_by((head_len + body_len) as u64);
+
+        // A pooled connection may have been closed by the upstream an instant
+        // ago; when that shows before any response byte, try another
+        // connection, as long as repeating the request is harmless.
+        let retry_allowed = self.head.is_idempotent(&self.buf);
+        let mut upstream;
+        loop {
+            let reused = raw::checkout(endpoint, &cluster.pool);
+            let was_reused = reused.is_some();
+            upstream = match reused {
+                Some(connection) => connection,
+                None => upstream::connect(endpoint, cluster.connect_timeout)
+                    .await
+                    .map_err(|e| ExchangeError::BeforeResponse(ProxyError::Connect(e)))?,
+            };
+            self.upstream_buf.clear();
+            match send_and_read_head(&mut upstream, &self.out, &mut self.upstream_buf).await {
+                Ok(()) => break,
+                Err(_) if was_reused && retry_allowed => continue,
+                Err(error) => {
+                    let reason = if was_reused { "upstream closed a reused connection" } else { "upstream closed" };
+                    tracing::debug!(%error, endpoint = %endpoint.addr, "{reason}");
+                    return Err(ExchangeError::BeforeResponse(ProxyError::Upstream(error.to_string())));
+                }
+            }
+        }
+
+        let draining = self.shared.lifecycle.is_draining();
+        let close_client = self.head.close || draining;
+        let context = ResponseContext {
+            head_request: self.head.is_head(&self.buf),
+            edits: &route.response_edits,
+            close: close_client,
+        };
+        // Read heads until a final (non-1xx) one; interim ones go straight on.
+        let response = loop {
+            self.out.clear();
+            let parsed = match parse_response(&self.upstream_buf, MAX_RESPONSE_HEAD, &mut self.out, &context) {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    if read_more(&mut upstream, &mut self.upstream_buf).await? == 0 {
+                        return Err(ExchangeError::BeforeResponse(ProxyError::Upstream(
+                            "upstream closed before a complete response head".into(),
+                        )));
+                    }
+                    continue;
+                }
+                Err(why) => return Err(ExchangeError::BeforeResponse(ProxyError::Upstream(why.into()))),
+            };
+            if parsed.status == 101 {
+                return Err(ExchangeError::BeforeResponse(ProxyError::Upstream("unexpected 101".into())));
+            }
+            if (100..200).contains(&parsed.status) {
+                self.write_client(listener).await?;
+                self.upstream_buf.advance(parsed.len);
+                continue;
+            }
+            break parsed;
+        };
+        self.upstream_buf.advance(response.len);
+
+        // The first body bytes travel with the head.
+        let mut scanner = ChunkedScanner::new();
+        let (first, mut remaining) = match response.framing {
+            Framing::None => (0, Some(0)),
+            Framing::Length(length) => {
+                let first = (length as usize).min(self.upstream_buf.len());
+                (first, Some(length - first as u64))
+            }
+            Framing::Chunked => {
+                let first = scanner.scan(&self.upstream_buf).map_err(|_| {
+                    ExchangeError::BeforeResponse(ProxyError::Upstream("invalid chunked response".into()))
+                })?;
+                (first, None)
+            }
+            Framing::UntilClose => (self.upstream_buf.len(), None),
+        };
+        self.out.extend_from_slice(&self.upstream_buf[..first]);
+        self.upstream_buf.advance(first);
+        self.write_client(listener).await?;
+
+        // The rest of the body.
+        let mut upstream_clean = true;
+        loop {
+            let done = match response.framing {
+                Framing::None | Framing::Length(_) => remaining == Some(0),
+                Framing::Chunked => scanner.is_done(),
+                Framing::UntilClose => false,
+            };
+            if done {
+                break;
+            }
+            self.upstream_buf.clear();
+            let limit = match remaining {
+                Some(left) => (left as usize).min(READ_CHUNK),
+                None => READ_CHUNK,
+            };
+            self.upstream_buf.reserve(limit);
+            let n = read_limited(&mut upstream, &mut self.upstream_buf, limit)
+                .await
+                .map_err(|_| ExchangeError::DuringResponse)?;
+            if n == 0 {
+                if response.framing == Framing::UntilClose {
+                    upstream_clean = false;
+                    break;
+                }
+                return Err(ExchangeError::DuringResponse);
+            }
+            let forward = match response.framing {
+                // The head is out: a broken body can only cut the connection.
+                Framing::Chunked => scanner.scan(&self.upstream_buf).map_err(|_| ExchangeError::DuringResponse)?,
+                _ => n,
+            };
+            if let Some(left) = remaining.as_mut() {
+                *left -= forward as u64;
+            }
+            self.out.clear();
+            self.out.extend_from_slice(&self.upstream_buf[..forward]);
+            self.write_client(listener).await?;
+            if forward < n {
+                // Bytes after the end of the body: the upstream broke framing.
+                upstream_clean = false;
+            }
+        }
+        if upstream_clean && !response.upstream_close && self.upstream_buf.len() == 0 {
+            raw::checkin(endpoint, upstream);
+        }
+        let close = close_client || response.framing == Framing::UntilClose;
+        Ok((response.status, if close { Next::Close } else { Next::KeepAlive }))
+    }
+
+    async fn write_client(&mut self, listener: &ListenerTable) -> Result<(), ExchangeError> {
+        self.stream.write_all(&self.out).await.map_err(|_| ExchangeError::DuringResponse)?;
+        listener.metrics.bytes_tx.inc_by(self.out.len() as u64);
+        Ok(())
+    }
+
+    /// Answers a request the proxy cannot forward.
+    async fn local_reply(
+        &mut self,
+        table: &RouteTable,
+        listener: &ListenerTable,
+        metrics: &RequestMetrics,
+        names: (&str, &str),
+        started: Instant,
+        error: ProxyError,
+    ) -> Next {
+        let reply = error.reply();
+        tracing::debug!(client = %self.client, %error, status = reply.status.as_u16(), "local reply");
+        let close = reply.close || self.head.close || self.shared.lifecycle.is_draining();
+        self.out.clear();
+        write_local_reply(&mut self.out, reply.status, reply.body, close);
+        self.record(table, listener, metrics, names, started, reply.status.as_u16(), None, Some(reply.reason));
+        if self.stream.write_all(&self.out).await.is_err() || close {
+            return Next::Close;
+        }
+        listener.metrics.bytes_tx.inc_by(self.out.len() as u64);
+        Next::KeepAlive
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        table: &RouteTable,
+        listener: &ListenerTable,
+        metrics: &RequestMetrics,
+        (route, cluster): (&str, &str),
+        started: Instant,
+        status: u16,
+        upstream: Option<SocketAddr>,
+        local_reply: Option<&'static str>,
+    ) {
+        let elapsed = started.elapsed();
+        metrics.record(status, elapsed);
+        if let Some(reason) = local_reply {
+            listener.metrics.local_reply(reason);
+        }
+        if table.access_log {
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            let target = text(self.head.target(&self.buf));
+            self.shared.access_log.http(
+                table.access_log_format,
+                &HttpRecord {
+                    listener: &listener.name,
+                    route,
+                    cluster,
+                    client: self.client,
+                    method: &text(self.head.method(&self.buf)),
+                    authority: &self.head.host(&self.buf).map(text).unwrap_or_default(),
+                    path: &target,
+                    protocol: "HTTP/1.1",
+                    status,
+                    upstream,
+                    local_reply,
+                    duration_ms: elapsed.as_secs_f64() * 1000.0,
+                },
+            );
+        }
+    }
+}
+
+/// Writes the request and reads until some response bytes arrive.
+async fn send_and_read_head(upstream: &mut UpstreamStream, request: &[u8], buf: &mut BytesMut) -> std::io::Result<()> {
+    upstream.write_all(request).await?;
+    buf.reserve(READ_CHUNK);
+    if upstream.read_buf(buf).await? == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before responding"));
+    }
+    Ok(())
+}
+
+async fn read_more(upstream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<usize, ExchangeError> {
+    if buf.len() > MAX_RESPONSE_HEAD {
+        return Err(ExchangeError::BeforeResponse(ProxyError::Upstream("response head too large".into())));
+    }
+    buf.reserve(READ_CHUNK);
+    upstream.read_buf(buf).await.map_err(|e| ExchangeError::BeforeResponse(ProxyError::Upstream(e.to_string())))
+}
+
+/// Reads at most `limit` bytes, so a body read never runs into bytes that
+/// are not part of it.
+async fn read_limited(upstream: &mut UpstreamStream, buf: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
+    let mut limited = (&mut *upstream).take(limit as u64);
+    limited.read_buf(buf).await
+}
+
+/// `HTTP/1.1 <status>` with a short text body.
+fn write_local_reply(out: &mut Vec<u8>, status: StatusCode, body: &str, close: bool) {
+    write_response(out, status, b"text/plain", body.len(), body.as_bytes(), close);
+}
+
+/// A complete response made by the proxy. `length` is the Content-Length,
+/// which differs from `body.len()` for HEAD requests.
+fn write_response(out: &mut Vec<u8>, status: StatusCode, content_type: &[u8], length: usize, body: &[u8], close: bool) {
+    use std::io::Write as _;
+    let _ = write!(out, "HTTP/1.1 {} {}\r\ncontent-type: ", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    out.extend_from_slice(content_type);
+    let _ = write!(out, "\r\ncontent-length: {length}\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
