@@ -201,6 +201,22 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
 
     let (control, commands) = mpsc::unbounded_channel();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Everything the control thread serves is set up here, before the proxy
+    // says it is ready: a SIGTERM or a config change right after the ready
+    // line must find its handler in place.
+    let watcher = {
+        let _context = runtime.enter();
+        let admin_listener = tokio::net::TcpListener::from_std(admin_socket)?;
+        runtime.spawn(admin::serve(admin_listener, shared.clone(), control.clone()));
+        if options.handle_signals {
+            spawn_signal_handlers(control.clone())?;
+        }
+        if options.watch_config {
+            watch_config(&options.config_path, control.clone())
+        } else {
+            None
+        }
+    };
     let controller = Controller {
         shared: shared.clone(),
         options: options.clone(),
@@ -212,7 +228,7 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
     };
     let thread = std::thread::Builder::new()
         .name("edgeplane-control".into())
-        .spawn(move || runtime.block_on(controller.run(commands, admin_socket)))?;
+        .spawn(move || runtime.block_on(controller.run(commands, watcher)))?;
     shared.lifecycle.set_ready();
     let bound_addrs = {
         let addrs = listener_addrs.lock().unwrap_or_else(|e| e.into_inner());
@@ -270,22 +286,12 @@ struct Controller {
 }
 
 impl Controller {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Control>, admin_socket: std::net::TcpListener) {
-        match tokio::net::TcpListener::from_std(admin_socket) {
-            Ok(socket) => {
-                tokio::spawn(admin::serve(socket, self.shared.clone(), self.control.clone()));
-            }
-            Err(error) => tracing::error!(%error, "admin server failed to start"),
-        }
-        if self.options.handle_signals {
-            spawn_signal_handlers(self.control.clone());
-        }
-        let _watcher = if self.options.watch_config {
-            watch_config(&self.options.config_path, self.control.clone())
-        } else {
-            None
-        };
-
+    /// `_watcher` is kept alive for as long as the control loop runs.
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Control>,
+        _watcher: Option<notify::RecommendedWatcher>,
+    ) {
         let mut shutting_down = false;
         while let Some(command) = commands.recv().await {
             match command {
@@ -295,14 +301,17 @@ impl Controller {
                         let _ = reply.send(outcome);
                     }
                 }
-                Control::Drain => self.stop_accepting(),
+                Control::Drain => {
+                    self.stop_accepting().await;
+                    tracing::info!("draining (the process stays up)");
+                }
                 Control::Shutdown if shutting_down => {
                     tracing::warn!("second shutdown signal: exiting now");
                     break;
                 }
                 Control::Shutdown => {
                     shutting_down = true;
-                    self.stop_accepting();
+                    self.stop_accepting().await;
                     let drain_timeout = self.shared.table.load().config.drain_timeout.parse().unwrap_or_default();
                     let connections = self.shared.connections.clone();
                     let control = self.control.clone();
@@ -324,10 +333,18 @@ impl Controller {
         tracing::info!("edgeplane stopped");
     }
 
-    fn stop_accepting(&self) {
+    /// Turns `/ready` to 503 at once, then returns when every worker has
+    /// closed its listening sockets.
+    async fn stop_accepting(&self) {
         self.shared.lifecycle.start_draining();
+        let mut closed = Vec::with_capacity(self.workers.len());
         for worker in &self.workers {
-            worker.send(Command::UnlistenAll);
+            let (done, ack) = oneshot::channel();
+            worker.send(Command::UnlistenAll(done));
+            closed.push(ack);
+        }
+        for ack in closed {
+            let _ = ack.await;
         }
     }
 
@@ -427,18 +444,14 @@ impl Controller {
     }
 }
 
-fn spawn_signal_handlers(control: mpsc::UnboundedSender<Control>) {
+/// Installs the signal handlers (from here on the signals no longer kill
+/// the process) and spawns the tasks that turn them into commands.
+fn spawn_signal_handlers(control: mpsc::UnboundedSender<Control>) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let handlers =
         [(SignalKind::hangup(), "SIGHUP"), (SignalKind::terminate(), "SIGTERM"), (SignalKind::interrupt(), "SIGINT")];
     for (kind, name) in handlers {
-        let mut stream = match signal(kind) {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::error!(%error, signal = name, "cannot handle signal");
-                continue;
-            }
-        };
+        let mut stream = signal(kind)?;
         let control = control.clone();
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
@@ -450,6 +463,7 @@ fn spawn_signal_handlers(control: mpsc::UnboundedSender<Control>) {
             }
         });
     }
+    Ok(())
 }
 
 /// Watches the config file's directory (editors and Kubernetes replace files

@@ -26,8 +26,8 @@ pub enum Command {
     Listen { slot: usize, socket: std::net::TcpListener },
     /// Stop accepting for the listener in `slot` (its socket closes).
     Unlisten { slot: usize },
-    /// Stop accepting on every listener.
-    UnlistenAll,
+    /// Stop accepting on every listener; answers once the sockets are closed.
+    UnlistenAll(tokio::sync::oneshot::Sender<()>),
     /// Drop the pools of endpoints that left the config.
     Release(Vec<usize>),
     /// Stop the worker; connections still open are cut.
@@ -88,10 +88,14 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
                     task.abort();
                 }
             }
-            Command::UnlistenAll => {
+            Command::UnlistenAll(done) => {
                 for (_, task) in accepting.drain() {
                     task.abort();
+                    // An aborted task drops its socket when it next runs; wait
+                    // for that so "closed" is true when we answer.
+                    let _ = task.await;
                 }
+                let _ = done.send(());
             }
             Command::Release(ids) => pool::release(&ids),
             Command::Exit => break,

@@ -116,10 +116,15 @@ enum ExchangeError {
 
 impl Connection {
     async fn run(&mut self) -> Next {
+        // Reading a request uses the previous snapshot's limits; the request
+        // itself is served by the table current once it has arrived.
+        let mut table = self.shared.table.load_full();
         loop {
-            let table = self.shared.table.load_full();
             let Some(listener) = table.listener(self.slot).cloned() else { return Next::Close };
-            let body_len = match self.read_request(&listener).await {
+            let incoming = self.read_request(&listener).await;
+            table = self.shared.table.load_full();
+            let Some(listener) = table.listener(self.slot).cloned() else { return Next::Close };
+            let body_len = match incoming {
                 Incoming::Request { body_len } => body_len,
                 Incoming::Closed => return Next::Close,
                 Incoming::Handover => return Next::Handover,
@@ -311,7 +316,13 @@ impl Connection {
                     .map_err(|e| ExchangeError::BeforeResponse(ProxyError::Connect(e)))?,
             };
             self.upstream_buf.clear();
-            match send_and_read_head(&mut upstream, &self.out, &mut self.upstream_buf).await {
+            let waiting = send_and_read_head(&mut upstream, &self.out, &mut self.upstream_buf);
+            let Some(sent) = until_client_leaves(&self.stream, &mut self.buf, waiting).await else {
+                // Nobody is waiting for the answer any more: drop the upstream
+                // connection, which also tells the upstream to stop.
+                return Err(ExchangeError::DuringResponse);
+            };
+            match sent {
                 Ok(()) => break,
                 Err(_) if was_reused && retry_allowed => continue,
                 Err(error) => {
@@ -419,7 +430,7 @@ impl Connection {
                 upstream_clean = false;
             }
         }
-        if upstream_clean && !response.upstream_close && self.upstream_buf.len() == 0 {
+        if upstream_clean && !response.upstream_close && self.upstream_buf.is_empty() {
             raw::checkin(endpoint, upstream);
         }
         let close = close_client || response.framing == Framing::UntilClose;
@@ -492,6 +503,36 @@ impl Connection {
                     duration_ms: elapsed.as_secs_f64() * 1000.0,
                 },
             );
+        }
+    }
+}
+
+/// Runs `work` while watching the client connection: `None` if the client
+/// closes first. Bytes the client sends meanwhile (a pipelined request) are
+/// kept in `buf`, up to a bound past which the client is no longer watched.
+async fn until_client_leaves<F: std::future::Future>(
+    client: &TcpStream,
+    buf: &mut BytesMut,
+    work: F,
+) -> Option<F::Output> {
+    tokio::pin!(work);
+    loop {
+        let watch = buf.len() < MAX_BUFFERED_BODY;
+        tokio::select! {
+            biased;
+            output = &mut work => return Some(output),
+            ready = client.readable(), if watch => {
+                if ready.is_err() {
+                    return None;
+                }
+                buf.reserve(READ_CHUNK);
+                match client.try_read_buf(buf) {
+                    Ok(0) => return None,
+                    Ok(_) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return None,
+                }
+            }
         }
     }
 }
