@@ -103,7 +103,7 @@ pub struct Listener {
     pub tcp: TcpOptions,
     /// Routes, tried in order; the first that matches wins. HTTP requests use
     /// routes whose `match` fits the request; opaque TCP connections use the
-    /// first route without HTTP match criteria.
+    /// first route without HTTP match criteria and without a direct response.
     #[serde(default)]
     pub routes: Vec<Route>,
 }
@@ -115,7 +115,7 @@ pub enum ListenerProtocol {
     /// Detect from the first bytes: HTTP/2 preface, HTTP/1 request line, else opaque TCP.
     #[default]
     Auto,
-    /// HTTP only: HTTP/2 with prior knowledge or HTTP/1.1; anything else is refused.
+    /// HTTP only: HTTP/2 with prior knowledge or HTTP/1.x; anything else gets `400`.
     Http,
     /// Opaque TCP: no detection, bytes are relayed as they are.
     Tcp,
@@ -133,10 +133,13 @@ pub struct HttpOptions {
     #[serde(default = "defaults::max_headers")]
     pub max_headers: u32,
     /// Time allowed for a client to send a complete request head once it has
-    /// started one (slow-loris guard); exceeded → `408` and close.
+    /// started one (slow-loris guard); exceeded → `408` and close. HTTP/1.
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: Duration,
-    /// How long an idle keep-alive client connection is kept open.
+    /// How long an idle HTTP/1 keep-alive client connection is kept open.
+    /// (Connections handed to the general HTTP/1 path — upgrades, `Expect`,
+    /// HTTP/1.0, large bodies, `http2` clusters — are closed after
+    /// `header_read_timeout` of idleness instead.)
     #[serde(default = "defaults::http_idle_timeout")]
     pub idle_timeout: Duration,
     /// What to do with `X-Forwarded-For`.
@@ -203,7 +206,8 @@ pub struct Route {
     /// matches everything.
     #[serde(rename = "match", default, skip_serializing_if = "RouteMatch::is_empty")]
     pub matches: RouteMatch,
-    /// Send everything to this cluster. Exactly one of `cluster` and `split` is required.
+    /// Send everything to this cluster. Exactly one of `cluster`, `split` and
+    /// `direct_response` is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
     /// Split traffic across clusters in proportion to their weights (SMI TrafficSplit).
@@ -215,7 +219,7 @@ pub struct Route {
     pub direct_response: Option<DirectResponse>,
     /// Time allowed from the start of a request until the upstream's response
     /// headers arrive; exceeded → `504`. Streaming bodies after the headers are
-    /// not limited by it. HTTP only.
+    /// not limited by it. Default `60s`; `0s` disables it. HTTP only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Header edits applied to requests before they go upstream.

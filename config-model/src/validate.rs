@@ -216,8 +216,11 @@ impl Validator {
         if route.direct_response.is_some() {
             self.error(format!("{path}.direct_response"), "direct responses need HTTP, not a tcp listener");
         }
-        if !route.request_headers.is_empty() || !route.response_headers.is_empty() {
+        if !route.request_headers.is_empty() {
             self.error(format!("{path}.request_headers"), "header edits on a tcp listener");
+        }
+        if !route.response_headers.is_empty() {
+            self.error(format!("{path}.response_headers"), "header edits on a tcp listener");
         }
     }
 
@@ -229,7 +232,9 @@ impl Validator {
                 None => (host.as_str(), None),
             };
             let name = name.strip_prefix("*.").unwrap_or(name);
-            if !is_hostname(name) || port.is_some_and(|port| port.parse::<u16>().is_err()) {
+            // Request hosts are compared without a trailing dot, so a pattern
+            // with one could never match.
+            if !is_hostname(name) || name.ends_with('.') || port.is_some_and(|port| port.parse::<u16>().is_err()) {
                 self.error(
                     format!("{path}.match.host"),
                     format!("invalid host {host:?}: expected a host name, optionally starting with \"*.\" and ending with \":PORT\""),

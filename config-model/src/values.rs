@@ -70,7 +70,9 @@ pub fn parse_duration(text: &str) -> Result<StdDuration, String> {
     let mut rest = text;
     while !rest.is_empty() {
         let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(invalid)?;
-        if number_len == 0 {
+        // Digits first: `.5s` and `5.s` are rejected, as the schema's pattern does.
+        let digits = &rest[..number_len];
+        if !digits.starts_with(|c: char| c.is_ascii_digit()) || digits.ends_with('.') {
             return Err(invalid());
         }
         let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
@@ -165,6 +167,9 @@ impl UpstreamAddress {
 
     pub fn parse(&self) -> Result<ParsedUpstream, String> {
         if let Ok(addr) = self.0.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(format!("invalid address {:?}: port 0", self.0));
+            }
             return Ok(ParsedUpstream::Ip(addr));
         }
         let invalid = |why: &str| format!("invalid address {:?}: {why} (expected IP:PORT or HOSTNAME:PORT)", self.0);
@@ -264,7 +269,7 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), StdDuration::from_millis(1500));
         assert_eq!(parse_duration("0s").unwrap(), StdDuration::ZERO);
         assert_eq!(parse_duration("10us").unwrap(), StdDuration::from_micros(10));
-        for bad in ["", "5", "s", "5x", "-1s", "1s5", "1..2s", "ms5", "99999h"] {
+        for bad in ["", "5", "s", "5x", "-1s", "1s5", "1..2s", "ms5", "99999h", ".5s", "5.s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
         assert_eq!(Duration::from_std(StdDuration::from_millis(1500)).as_str(), "1500ms");
@@ -279,7 +284,7 @@ mod tests {
         assert_eq!(v6, ParsedUpstream::Ip("[::1]:80".parse().unwrap()));
         let name = UpstreamAddress::from("db.local:5432").parse().unwrap();
         assert_eq!(name, ParsedUpstream::Name { host: "db.local".into(), port: 5432 });
-        for bad in ["127.0.0.1", "host:", "host:99999", "-bad-:80", "a b:80", ":80", "h:0"] {
+        for bad in ["127.0.0.1", "host:", "host:99999", "-bad-:80", "a b:80", ":80", "h:0", "127.0.0.1:0"] {
             assert!(UpstreamAddress::from(bad).parse().is_err(), "{bad:?}");
         }
     }

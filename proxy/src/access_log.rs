@@ -11,7 +11,10 @@ use std::time::{Duration, SystemTime};
 
 use config_model::LogFormat;
 use serde::Serialize;
-use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+
+/// Lines queued for the writer thread before new lines are dropped.
+const ACCESS_LOG_QUEUE: usize = 16 * 1024;
 
 pub struct AccessLogger {
     writer: OnceLock<(NonBlocking, WorkerGuard)>,
@@ -82,7 +85,9 @@ impl AccessLogger {
         text.push(b'\n');
         // Created on first use, so a proxy with access logs off never starts
         // the writer thread.
-        let (writer, _) = self.writer.get_or_init(|| tracing_appender::non_blocking(std::io::stdout()));
+        let (writer, _) = self.writer.get_or_init(|| {
+            NonBlockingBuilder::default().buffered_lines_limit(ACCESS_LOG_QUEUE).finish(std::io::stdout())
+        });
         let _ = writer.clone().write_all(&text);
     }
 }

@@ -423,3 +423,38 @@ async fn stalled_request_head_is_closed_after_header_read_timeout() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connect_timeout_is_502() {
+    guard(async {
+        watch_proxy_panics();
+        // A listener that never accepts, with its accept queue full: the
+        // kernel then drops new SYNs, so connecting to it hangs.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+        let blackhole = socket.listen(0).expect("listen");
+        let addr = blackhole.local_addr().expect("local_addr");
+        let mut queued = Vec::new();
+        while let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await {
+            queued.push(stream);
+            assert!(queued.len() < 64, "the accept queue never filled");
+        }
+        let yaml = format!(
+            "listeners:\n  - name: web\n    bind: 127.0.0.1:0\n    routes: [ {{ cluster: hole }} ]\nclusters:\n  - name: hole\n    connect_timeout: 200ms\n    endpoints: [ \"{addr}\" ]\n"
+        );
+        let proxy = TestProxy::start(&yaml);
+        let mut conn = Http1Conn::connect(proxy.addr("web")).await;
+        let started = Instant::now();
+        let res = conn.send(request("/x", &[])).await.expect("response");
+        assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(&res.body()[..], b"upstream connect timeout\n");
+        assert!(started.elapsed() >= Duration::from_millis(200), "gave up after {:?}", started.elapsed());
+        let replies =
+            proxy.metric("edgeplane_http_local_replies_total", &[("listener", "web"), ("reason", "connect_timeout")]);
+        assert_eq!(replies.await, Some(1.0));
+        let errors = proxy.metric("edgeplane_upstream_connect_errors_total", &[("cluster", "hole"), ("reason", "timeout")]);
+        assert_eq!(errors.await, Some(1.0));
+        drop(blackhole);
+    })
+    .await;
+}

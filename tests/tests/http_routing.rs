@@ -232,3 +232,82 @@ clusters:
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_responses_on_both_http_paths() {
+    guard(async {
+        let yaml = r#"
+listeners:
+  - name: web
+    bind: 127.0.0.1:0
+    routes:
+      - match: { path: { exact: /healthz } }
+        direct_response: { status: 200, body: "ok\n" }
+        response_headers: { add: { x-served-by: edgeplane } }
+      - direct_response: { status: 503, body: "<h1>maintenance</h1>", content_type: text/html }
+"#;
+        let proxy = TestProxy::start(yaml);
+        let addr = proxy.addr("web");
+        // HTTP/1 (the fast path).
+        let mut conn = Http1Conn::connect(addr).await;
+        let res = conn.send(request("GET", "/healthz", "h", &[])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(&res.body()[..], b"ok\n");
+        assert_eq!(res.headers()["content-type"], "text/plain");
+        assert_eq!(res.headers()["x-served-by"], "edgeplane");
+        let res = conn.send(request("HEAD", "/healthz", "h", &[])).await.unwrap();
+        assert_eq!(res.headers()["content-length"], "3");
+        assert!(res.body().is_empty());
+        let res = conn.send(request("GET", "/other", "h", &[])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()["content-type"], "text/html");
+        assert_eq!(&res.body()[..], b"<h1>maintenance</h1>");
+        // HTTP/2 (hyper).
+        let h2 = Http2Conn::connect(addr).await;
+        let res = h2.send(request("GET", "http://h/healthz", "h", &[])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(&res.body()[..], b"ok\n");
+        assert_eq!(res.headers()["x-served-by"], "edgeplane");
+        let served = proxy
+            .metric("edgeplane_http_requests_total", &[("listener", "web"), ("route", "route-0"), ("class", "2xx")])
+            .await;
+        assert_eq!(served, Some(3.0));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_edits_win_over_forwarding_headers_on_both_paths() {
+    guard(async {
+        let up = HttpUpstream::start("app", HttpProto::Http1).await;
+        let yaml = format!(
+            r#"
+listeners:
+  - name: web
+    bind: 127.0.0.1:0
+    http: {{ forwarded: true }}
+    routes:
+      - cluster: app
+        request_headers: {{ remove: [ x-forwarded-for, forwarded ], set: {{ x-forwarded-proto: https }} }}
+clusters:
+{}"#,
+            cluster("app", &[up.addr()])
+        );
+        let proxy = TestProxy::start(&yaml);
+        let addr = proxy.addr("web");
+        let check = |body: &[u8]| {
+            let seen: Value = serde_json::from_slice(body).unwrap();
+            let headers = &seen["headers"];
+            assert!(headers.get("x-forwarded-for").is_none(), "{headers}");
+            assert!(headers.get("forwarded").is_none(), "{headers}");
+            assert_eq!(headers["x-forwarded-proto"], "https", "{headers}");
+            assert_eq!(headers["te"], "trailers", "{headers}");
+        };
+        let te = [("x-forwarded-for", "203.0.113.9"), ("te", "trailers")];
+        let mut conn = Http1Conn::connect(addr).await;
+        check(conn.send(request("GET", "/", "h", &te)).await.unwrap().body());
+        let h2 = Http2Conn::connect(addr).await;
+        check(h2.send(request("GET", "http://h/", "h", &te)).await.unwrap().body());
+    })
+    .await;
+}

@@ -16,8 +16,9 @@ pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connect
 
 /// Headers that describe one connection hop and must not be forwarded
 /// (RFC 9110 §7.6.1), except where an upgrade keeps `connection`/`upgrade`.
-const HOP_BY_HOP: [&HeaderName; 6] =
-    [&header::CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::TE, &header::TRAILER];
+/// (`Trailer` is end to end since RFC 9110.)
+const HOP_BY_HOP: [&HeaderName; 5] =
+    [&header::CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::TE];
 
 /// Removes hop-by-hop headers, including any named in `Connection`. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive (WebSocket).

@@ -248,10 +248,17 @@ impl RequestHead {
         out.extend_from_slice(&buf[self.target.clone()]);
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut forwarded_proto_seen = false;
+        // `te: trailers` is how a client says it accepts trailers; it stays
+        // meaningful on the next hop. Other TE codings are hop-by-hop.
+        let mut te_trailers = false;
         for field in &self.fields {
             let name = &buf[field.name.clone()];
             let skip = match field.kind {
-                Kind::Connection | Kind::KeepAlive | Kind::ProxyConnection | Kind::Upgrade | Kind::Te => true,
+                Kind::Te => {
+                    te_trailers |= tokens(&buf[field.value.clone()]).any(|t| t.eq_ignore_ascii_case(b"trailers"));
+                    true
+                }
+                Kind::Connection | Kind::KeepAlive | Kind::ProxyConnection | Kind::Upgrade => true,
                 Kind::XForwardedFor => settings.forwarded_for != ForwardedFor::Off,
                 Kind::XForwardedProto => {
                     forwarded_proto_seen = true;
@@ -267,8 +274,14 @@ impl RequestHead {
             }
             write_field(out, name, &buf[field.value.clone()]);
         }
+        // Forwarding headers come first and the route's edits win over them,
+        // as on the hyper path: `remove` drops them, `set` replaces them.
+        if te_trailers {
+            out.extend_from_slice(b"te: trailers\r\n");
+        }
         match settings.forwarded_for {
             ForwardedFor::Off => {}
+            _ if edits.drops(b"x-forwarded-for") => {}
             mode => {
                 out.extend_from_slice(b"x-forwarded-for: ");
                 if mode == ForwardedFor::Append {
@@ -278,12 +291,12 @@ impl RequestHead {
                     }
                 }
                 let _ = write!(out, "{client}\r\n");
-                if mode == ForwardedFor::Replace || !forwarded_proto_seen {
+                if (mode == ForwardedFor::Replace || !forwarded_proto_seen) && !edits.drops(b"x-forwarded-proto") {
                     out.extend_from_slice(b"x-forwarded-proto: http\r\n");
                 }
             }
         }
-        if settings.forwarded {
+        if settings.forwarded && !edits.drops(b"forwarded") {
             match client {
                 IpAddr::V4(ip) => {
                     let _ = write!(out, "forwarded: for={ip};proto=http\r\n");

@@ -37,7 +37,7 @@ use crate::http::server::serve_http1;
 use crate::io::{Metered, PrefixedIo, UpstreamStream};
 use crate::metrics::RequestMetrics;
 use crate::pool::raw;
-use crate::route::{ClusterTable, EndpointState, InFlight, ListenerTable, Route, RouteTable};
+use crate::route::{ClusterTable, EndpointState, HeaderEdits, InFlight, ListenerTable, Route, RouteTable};
 use crate::state::{draining, Shared};
 use crate::upstream;
 
@@ -232,14 +232,8 @@ impl Connection {
             let close = self.head.close || self.shared.lifecycle.is_draining();
             self.out.clear();
             let body = if self.head.is_head(&self.buf) { &[][..] } else { &direct.body[..] };
-            write_response(
-                &mut self.out,
-                direct.status,
-                direct.content_type.as_bytes(),
-                direct.body.len(),
-                body,
-                close,
-            );
+            let response = Response { status: direct.status, content_type: direct.content_type.as_bytes(), body };
+            write_response(&mut self.out, &response, direct.body.len(), &route.response_edits, close);
             let written = self.write_client(listener).await;
             let names = (&*route.name, "");
             self.record(table, listener, &direct.metrics, names, started, direct.status.as_u16(), None, None);
@@ -564,19 +558,38 @@ async fn read_limited(upstream: &mut UpstreamStream, buf: &mut BytesMut, limit: 
 
 /// `HTTP/1.1 <status>` with a short text body.
 fn write_local_reply(out: &mut Vec<u8>, status: StatusCode, body: &str, close: bool) {
-    write_response(out, status, b"text/plain", body.len(), body.as_bytes(), close);
+    let response = Response { status, content_type: b"text/plain", body: body.as_bytes() };
+    write_response(out, &response, body.len(), &HeaderEdits::default(), close);
 }
 
-/// A complete response made by the proxy. `length` is the Content-Length,
-/// which differs from `body.len()` for HEAD requests.
-fn write_response(out: &mut Vec<u8>, status: StatusCode, content_type: &[u8], length: usize, body: &[u8], close: bool) {
+/// A response made by the proxy itself.
+struct Response<'a> {
+    status: StatusCode,
+    content_type: &'a [u8],
+    body: &'a [u8],
+}
+
+/// Writes a whole response. `length` is the Content-Length, which differs
+/// from the body's length for HEAD requests.
+fn write_response(out: &mut Vec<u8>, response: &Response<'_>, length: usize, edits: &HeaderEdits, close: bool) {
     use std::io::Write as _;
-    let _ = write!(out, "HTTP/1.1 {} {}\r\ncontent-type: ", status.as_u16(), status.canonical_reason().unwrap_or(""));
-    out.extend_from_slice(content_type);
-    let _ = write!(out, "\r\ncontent-length: {length}\r\n");
+    let status = response.status;
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    if !edits.drops(b"content-type") {
+        out.extend_from_slice(b"content-type: ");
+        out.extend_from_slice(response.content_type);
+        out.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(out, "content-length: {length}\r\n");
+    for (name, value) in edits.additions() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
+    out.extend_from_slice(response.body);
 }
