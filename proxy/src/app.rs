@@ -42,6 +42,21 @@ pub struct Options {
     pub watch_config: bool,
     /// Handle SIGTERM/SIGINT (drain) and SIGHUP (reload). Off for in-process tests.
     pub handle_signals: bool,
+    /// Threading model; see docs/ARCHITECTURE.md.
+    pub runtime: RuntimeModel,
+}
+
+/// How worker threads run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RuntimeModel {
+    /// One current-thread runtime per worker, each with its own
+    /// `SO_REUSEPORT` sockets and pools (the default).
+    #[default]
+    PerCore,
+    /// One multi-thread (work-stealing) runtime with `workers` threads and
+    /// one socket per listener. Kept only to measure against: idle pools are
+    /// swept on one thread only in this model.
+    Shared,
 }
 
 /// Why the proxy could not start.
@@ -161,7 +176,12 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
     admin_socket.set_nonblocking(true)?;
     let admin_addr = admin_socket.local_addr()?;
 
-    let workers = options.workers.max(1);
+    // Worker objects (each owns one socket per listener); with a shared
+    // runtime there is one, running `options.workers` threads.
+    let (workers, shared_threads) = match options.runtime {
+        RuntimeModel::PerCore => (options.workers.max(1), None),
+        RuntimeModel::Shared => (1, Some(options.workers.max(1))),
+    };
     let mut bound = HashMap::new();
     for listener in &config.listeners {
         let addr: SocketAddr = listener.bind.parse().map_err(|m| StartError::Config(vec![m]))?;
@@ -185,7 +205,7 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
 
     let mut worker_handles = Vec::with_capacity(workers);
     for index in 0..workers {
-        worker_handles.push(Worker::spawn(index, shared.clone())?);
+        worker_handles.push(Worker::spawn(index, shared.clone(), shared_threads)?);
     }
     let listener_addrs = Arc::new(Mutex::new(HashMap::new()));
     let mut listeners = HashMap::new();

@@ -25,4 +25,4 @@ pub mod tcp;
 pub mod upstream;
 pub mod worker;
 
-pub use app::{start, Options, ProxyHandle, ReloadOutcome, StartError};
+pub use app::{start, Options, ProxyHandle, ReloadOutcome, RuntimeModel, StartError};

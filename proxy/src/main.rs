@@ -36,6 +36,10 @@ enum Command {
         /// Do not reload when the config file changes (SIGHUP still reloads).
         #[arg(long, env = "EDGEPLANE_NO_WATCH")]
         no_watch: bool,
+        /// Run the workers on one work-stealing runtime instead of one runtime
+        /// per core. For benchmarking the alternative only.
+        #[arg(long, env = "EDGEPLANE_SHARED_RUNTIME", hide = true)]
+        shared_runtime: bool,
     },
     /// Validate a config and print every problem found (exit 1 if any).
     Check {
@@ -66,7 +70,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, workers, admin, no_watch } => {
+        Command::Run { config, workers, admin, no_watch, shared_runtime } => {
             let _log_guard = match logging::init(&cli.log_level, cli.log_format) {
                 Ok(guard) => guard,
                 Err(error) => {
@@ -81,6 +85,11 @@ fn main() -> ExitCode {
                 admin,
                 watch_config: !no_watch,
                 handle_signals: true,
+                runtime: if shared_runtime {
+                    edgeplane::RuntimeModel::Shared
+                } else {
+                    edgeplane::RuntimeModel::PerCore
+                },
             };
             match edgeplane::start(options) {
                 Ok(proxy) => {

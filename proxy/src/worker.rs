@@ -40,9 +40,18 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn spawn(index: usize, shared: Arc<Shared>) -> std::io::Result<Worker> {
+    /// `shared_threads`: run this worker on a multi-thread runtime with that
+    /// many threads instead (the alternative model, kept for measuring).
+    pub fn spawn(index: usize, shared: Arc<Shared>, shared_threads: Option<usize>) -> std::io::Result<Worker> {
         let (commands, receiver) = mpsc::unbounded_channel();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = match shared_threads {
+            None => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+            Some(threads) => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("edgeplane-worker")
+                .enable_all()
+                .build()?,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("edgeplane-worker-{index}"))
             .spawn(move || runtime.block_on(run(receiver, shared)))?;

@@ -56,6 +56,7 @@ impl TestProxy {
             admin: Some(admin),
             watch_config: false,
             handle_signals: false,
+            runtime: edgeplane::RuntimeModel::default(),
         })?;
         Ok(TestProxy { handle, config_path, _dir: dir })
     }
