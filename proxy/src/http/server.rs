@@ -1,6 +1,8 @@
 //! Serving client connections with hyper (HTTP/2, and HTTP/1 when the fast
 //! path hands a connection over).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
@@ -18,11 +20,6 @@ pub async fn serve_http1<I>(io: I, conn: Arc<ConnContext>, settings: &HttpSettin
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut drain = conn.shared.lifecycle.drain_signal();
-    let service = {
-        let conn = conn.clone();
-        service_fn(move |request| handle(request, conn.clone()))
-    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -30,46 +27,49 @@ where
         .max_header_size(settings.max_header_bytes)
         .max_headers(settings.max_headers)
         .max_buf_size(settings.max_header_bytes.max(MIN_BUF) * 2);
-    let connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = draining(&mut drain) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(client = %conn.client, %error, "HTTP/1 connection ended with an error");
-    }
+    let connection =
+        builder.serve_connection(TokioIo::new(io), service_fn(|request| handle(request, conn.clone()))).with_upgrades();
+    // On drain: `Connection: close` after the request in flight; idle
+    // connections close at once.
+    serve_until_drained(connection, &conn, "HTTP/1", |c| c.graceful_shutdown()).await;
 }
 
 pub async fn serve_http2<I>(io: I, conn: Arc<ConnContext>, settings: &HttpSettings)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut drain = conn.shared.lifecycle.drain_signal();
-    let service = {
-        let conn = conn.clone();
-        service_fn(move |request| handle(request, conn.clone()))
-    };
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .adaptive_window(true);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = builder.serve_connection(TokioIo::new(io), service_fn(|request| handle(request, conn.clone())));
+    // On drain: GOAWAY; streams in flight finish, new ones go elsewhere.
+    serve_until_drained(connection, &conn, "HTTP/2", |c| c.graceful_shutdown()).await;
+}
+
+/// Drives a hyper connection to its end, starting its graceful shutdown when
+/// the proxy begins to drain.
+async fn serve_until_drained<C, E>(
+    connection: C,
+    conn: &ConnContext,
+    protocol: &str,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut drain = conn.shared.lifecycle.drain_signal();
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = draining(&mut drain) => {
-            // GOAWAY: in-flight streams finish, new ones go elsewhere.
-            connection.as_mut().graceful_shutdown();
+            shutdown(connection.as_mut());
             connection.await
         }
     };
     if let Err(error) = result {
-        tracing::debug!(client = %conn.client, %error, "HTTP/2 connection ended with an error");
+        tracing::debug!(client = %conn.client, %error, "{protocol} connection ended with an error");
     }
 }

@@ -74,25 +74,24 @@ struct WorkerPools {
 
 impl WorkerPools {
     fn http1(&mut self, id: usize) -> &mut h1::EndpointPool {
-        if self.http1.len() <= id {
-            self.http1.resize_with(id + 1, Default::default);
-        }
-        &mut self.http1[id]
+        slot(&mut self.http1, id)
     }
 
     fn raw(&mut self, id: usize) -> &mut idle::IdleStack<crate::io::UpstreamStream> {
-        if self.raw.len() <= id {
-            self.raw.resize_with(id + 1, Default::default);
-        }
-        &mut self.raw[id]
+        slot(&mut self.raw, id)
     }
 
     fn http2(&mut self, id: usize) -> &mut h2::EndpointPool {
-        if self.http2.len() <= id {
-            self.http2.resize_with(id + 1, Default::default);
-        }
-        &mut self.http2[id]
+        slot(&mut self.http2, id)
     }
+}
+
+/// The entry for an endpoint id, created empty on first use.
+fn slot<T: Default>(pools: &mut Vec<T>, id: usize) -> &mut T {
+    if pools.len() <= id {
+        pools.resize_with(id + 1, Default::default);
+    }
+    &mut pools[id]
 }
 
 /// Closes this worker's idle connections that have outlived their idle

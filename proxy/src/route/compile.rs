@@ -103,16 +103,10 @@ fn compile_cluster(
         connections_total: metrics.upstream_connections_total.get_or_create(&labels).clone(),
         requests_active: metrics.upstream_requests_active.get_or_create(&labels).clone(),
         pool_idle: metrics.pool_idle.get_or_create(&labels).clone(),
-        connect_errors: CONNECT_ERROR_REASONS
-            .iter()
-            .map(|reason| {
-                let counter = metrics
-                    .upstream_connect_errors
-                    .get_or_create(&ConnectErrorLabels { cluster: cluster.name.clone(), reason })
-                    .clone();
-                (*reason, counter)
-            })
-            .collect(),
+        connect_errors: ReasonCounters::new(&CONNECT_ERROR_REASONS, |reason| {
+            let labels = ConnectErrorLabels { cluster: cluster.name.clone(), reason };
+            metrics.upstream_connect_errors.get_or_create(&labels).clone()
+        }),
     };
 
     let mut endpoints = Vec::new();
@@ -245,16 +239,10 @@ fn compile_listener(
             bytes_rx: direction("rx"),
             bytes_tx: direction("tx"),
             unrouted: RequestMetrics::new(metrics, &listener.name, "", ""),
-            local_replies: LOCAL_REPLY_REASONS
-                .iter()
-                .map(|reason| {
-                    let counter = metrics
-                        .http_local_replies
-                        .get_or_create(&LocalReplyLabels { listener: listener.name.clone(), reason })
-                        .clone();
-                    (*reason, counter)
-                })
-                .collect(),
+            local_replies: ReasonCounters::new(&LOCAL_REPLY_REASONS, |reason| {
+                let labels = LocalReplyLabels { listener: listener.name.clone(), reason };
+                metrics.http_local_replies.get_or_create(&labels).clone()
+            }),
         },
         name,
     })

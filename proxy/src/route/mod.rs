@@ -83,14 +83,12 @@ pub struct ListenerMetrics {
     pub bytes_tx: Counter,
     /// Requests answered before a route or cluster was known.
     pub unrouted: RequestMetrics,
-    local_replies: Vec<(&'static str, Counter)>,
+    pub local_replies: ReasonCounters,
 }
 
 impl ListenerMetrics {
     pub fn local_reply(&self, reason: &'static str) {
-        if let Some((_, counter)) = self.local_replies.iter().find(|(r, _)| *r == reason) {
-            counter.inc();
-        }
+        self.local_replies.inc(reason);
     }
 }
 
@@ -260,12 +258,26 @@ pub struct ClusterMetrics {
     pub connections_total: Counter,
     pub requests_active: Gauge,
     pub pool_idle: Gauge,
-    connect_errors: Vec<(&'static str, Counter)>,
+    pub connect_errors: ReasonCounters,
 }
 
 impl ClusterMetrics {
     pub fn connect_error(&self, reason: &'static str) {
-        if let Some((_, counter)) = self.connect_errors.iter().find(|(r, _)| *r == reason) {
+        self.connect_errors.inc(reason);
+    }
+}
+
+/// One counter per reason label, resolved when the config is compiled.
+#[derive(Clone)]
+pub struct ReasonCounters(Vec<(&'static str, Counter)>);
+
+impl ReasonCounters {
+    pub fn new(reasons: &[&'static str], counter: impl Fn(&'static str) -> Counter) -> Self {
+        ReasonCounters(reasons.iter().map(|reason| (*reason, counter(reason))).collect())
+    }
+
+    pub fn inc(&self, reason: &'static str) {
+        if let Some((_, counter)) = self.0.iter().find(|(r, _)| *r == reason) {
             counter.inc();
         }
     }
