@@ -311,3 +311,31 @@ clusters:
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_stops_at_the_response_head_not_the_body() {
+    guard(async {
+        let up = HttpUpstream::start("app", HttpProto::Http1).await;
+        let yaml = format!(
+            "listeners:\n  - name: web\n    bind: 127.0.0.1:0\n    routes: [ {{ cluster: app, timeout: 300ms }} ]\nclusters:\n{}",
+            cluster("app", &[up.addr()])
+        );
+        let proxy = TestProxy::start(&yaml);
+        let addr = proxy.addr("web");
+        // The body ends 600 ms after the head, twice the route timeout.
+        let started = std::time::Instant::now();
+        let mut conn = Http1Conn::connect(addr).await;
+        let res = conn.send(request("GET", "/slow-body/600", "h", &[])).await.expect("HTTP/1 response");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(&res.body()[..], b"start\nend\n");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(600));
+        let h2 = Http2Conn::connect(addr).await;
+        let res = h2.send(request("GET", "http://h/slow-body/600", "h", &[])).await.expect("HTTP/2 response");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(&res.body()[..], b"start\nend\n");
+        // The same keep-alive connection is still good afterwards.
+        let res = conn.send(request("GET", "/", "h", &[])).await.expect("response");
+        assert_eq!(res.status(), StatusCode::OK);
+    })
+    .await;
+}

@@ -57,6 +57,7 @@ const ABORT_FLUSH_GRACE: Duration = Duration::from_millis(50);
 /// | `/chunked` | several chunks, no Content-Length, trailer `x-trailer: done` (declared in `trailer`) |
 /// | `/abort` | `content-length: 1000`, 10 bytes, then the connection/stream dies |
 /// | `/hang` | never answers |
+/// | `/slow-body/<ms>` | 200 and `start\n` at once, `end\n` after `<ms>` (chunked on HTTP/1) |
 /// | `/close` | like the default plus `connection: close` on HTTP/1 |
 /// | anything else | 200 JSON describing the request |
 ///
@@ -190,6 +191,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<ResBody> 
             }
             Err(_) => with_status(StatusCode::BAD_REQUEST, empty()),
         }
+    } else if let Some(ms) = path.strip_prefix("/slow-body/") {
+        match ms.parse::<u64>() {
+            Ok(ms) => slow_body(Duration::from_millis(ms)),
+            Err(_) => with_status(StatusCode::BAD_REQUEST, empty()),
+        }
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         match n.parse::<usize>() {
             Ok(n) => bytes_response(n),
@@ -309,6 +315,24 @@ fn chunked() -> Response<ResBody> {
     res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     // hyper's HTTP/1 encoder only sends trailer fields declared here.
     res.headers_mut().insert(TRAILER, HeaderValue::from_static("x-trailer"));
+    res
+}
+
+/// Headers and `start\n` at once, `end\n` after `pause`: a body that is
+/// still streaming long after the response head.
+fn slow_body(pause: Duration) -> Response<ResBody> {
+    let frames = stream::unfold(0u8, move |step| async move {
+        match step {
+            0 => Some((Ok(Frame::data(Bytes::from_static(b"start\n"))), 1)),
+            1 => {
+                tokio::time::sleep(pause).await;
+                Some((Ok(Frame::data(Bytes::from_static(b"end\n"))), 2))
+            }
+            _ => None,
+        }
+    });
+    let mut res = Response::new(StreamBody::new(frames).boxed_unsync());
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     res
 }
 

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::chunked::ChunkedScanner;
-use self::head::{parse_response, Framing, HeadError, RequestHead, RequestHeadView, ResponseContext};
+use self::head::{parse_response, Framing, HeadError, RequestHead, RequestHeadView, ResponseContext, ResponseHead};
 use crate::access_log::HttpRecord;
 use crate::balance::PickInput;
 use crate::error::ProxyError;
@@ -106,6 +106,14 @@ enum Incoming {
     Reject(ProxyError),
 }
 
+/// A completed upstream exchange.
+struct Exchanged {
+    status: u16,
+    /// From the start of the request to the response head.
+    head_latency: std::time::Duration,
+    next: Next,
+}
+
 /// How an upstream exchange failed.
 enum ExchangeError {
     /// Nothing was sent to the client yet: answer with this error.
@@ -120,21 +128,21 @@ impl Connection {
         // itself is served by the table current once it has arrived.
         let mut table = self.shared.table.load_full();
         loop {
-            let Some(listener) = table.listener(self.slot).cloned() else { return Next::Close };
-            let incoming = self.read_request(&listener).await;
+            let Some(listener) = table.listener(self.slot) else { return Next::Close };
+            let incoming = self.read_request(listener).await;
             table = self.shared.table.load_full();
-            let Some(listener) = table.listener(self.slot).cloned() else { return Next::Close };
+            let Some(listener) = table.listener(self.slot) else { return Next::Close };
             let body_len = match incoming {
                 Incoming::Request { body_len } => body_len,
                 Incoming::Closed => return Next::Close,
                 Incoming::Handover => return Next::Handover,
                 Incoming::Reject(error) => {
                     let metrics = &listener.metrics.unrouted;
-                    self.local_reply(&table, &listener, metrics, ("", ""), Instant::now(), error).await;
+                    self.local_reply(&table, listener, metrics, ("", ""), Instant::now(), error).await;
                     return Next::Close;
                 }
             };
-            let next = self.handle(&table, &listener, body_len).await;
+            let next = self.handle(&table, listener, body_len).await;
             if next != Next::KeepAlive {
                 return next;
             }
@@ -236,7 +244,7 @@ impl Connection {
             write_response(&mut self.out, &response, direct.body.len(), &route.response_edits, close);
             let written = self.write_client(listener).await;
             let names = (&*route.name, "");
-            self.record(table, listener, &direct.metrics, names, started, direct.status.as_u16(), None, None);
+            self.record(table, listener, &direct.metrics, names, started, direct.status.as_u16(), None);
             return if written.is_err() || close { Next::Close } else { Next::KeepAlive };
         }
         let target = route.split.pick();
@@ -247,23 +255,21 @@ impl Connection {
         let names = (&*route.name, &*cluster.name);
         let hash_header = cluster.hash_header.as_ref().and_then(|name| self.head.header(&self.buf, name));
         let pick = PickInput { client_ip: self.client.ip(), hash_header };
-        let Some(endpoint) = cluster.pick(&pick).cloned() else {
+        let Some(endpoint) = cluster.pick(&pick) else {
             return self.local_reply(table, listener, &target.metrics, names, started, ProxyError::NoEndpoint).await;
         };
-        let _in_flight = InFlight::start(&endpoint);
+        let _in_flight = InFlight::start(endpoint);
 
-        let exchange = self.exchange(listener, route, cluster, &endpoint, body_len);
-        let outcome = match route.timeout {
-            Some(limit) => match tokio::time::timeout_at(started + limit, exchange).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(ExchangeError::BeforeResponse(ProxyError::UpstreamTimeout)),
-            },
-            None => exchange.await,
-        };
-        match outcome {
-            Ok((status, next)) => {
-                self.record(table, listener, &target.metrics, names, started, status, Some(endpoint.addr), None);
-                next
+        let deadline = route.timeout.map(|limit| started + limit);
+        match self.exchange(listener, route, cluster, endpoint, body_len, started, deadline).await {
+            Ok(exchanged) => {
+                let metrics = &target.metrics;
+                let status = exchanged.status;
+                // Latency is to the response head (as for the hyper path);
+                // the access log has the whole exchange.
+                metrics.record(status, exchanged.head_latency);
+                self.log(table, listener, names, started, status, Some(endpoint.addr), None);
+                exchanged.next
             }
             Err(ExchangeError::BeforeResponse(error)) => {
                 self.local_reply(table, listener, &target.metrics, names, started, error).await
@@ -272,8 +278,10 @@ impl Connection {
         }
     }
 
-    /// Sends the buffered request upstream and relays the response. Returns
-    /// the status and what to do with the client connection.
+    /// Sends the buffered request upstream and relays the response. The
+    /// deadline (the route timeout) covers everything up to the response
+    /// head, not a body that streams after it.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &mut self,
         listener: &ListenerTable,
@@ -281,7 +289,34 @@ impl Connection {
         cluster: &ClusterTable,
         endpoint: &Arc<EndpointState>,
         body_len: usize,
-    ) -> Result<(u16, Next), ExchangeError> {
+        started: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Exchanged, ExchangeError> {
+        let head = self.exchange_head(listener, route, cluster, endpoint, body_len);
+        let (upstream, response, close_client) = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, head).await {
+                Ok(result) => result?,
+                Err(_) => return Err(ExchangeError::BeforeResponse(ProxyError::UpstreamTimeout)),
+            },
+            None => head.await?,
+        };
+        let head_latency = started.elapsed();
+        self.relay_body(listener, endpoint, upstream, &response).await?;
+        let close = close_client || response.framing == Framing::UntilClose;
+        Ok(Exchanged { status: response.status, head_latency, next: if close { Next::Close } else { Next::KeepAlive } })
+    }
+
+    /// Writes the request upstream and reads the final response head,
+    /// passing any interim (1xx) heads on. Leaves the client's head in `out`
+    /// and the bytes after the upstream's head in `upstream_buf`.
+    async fn exchange_head(
+        &mut self,
+        listener: &ListenerTable,
+        route: &Route,
+        cluster: &ClusterTable,
+        endpoint: &Arc<EndpointState>,
+        body_len: usize,
+    ) -> Result<(UpstreamStream, ResponseHead, bool), ExchangeError> {
         let head_len = self.head.len;
         self.out.clear();
         self.head.write_upstream(
@@ -360,7 +395,19 @@ impl Connection {
             break parsed;
         };
         self.upstream_buf.advance(response.len);
+        Ok((upstream, response, close_client))
+    }
 
+    /// Sends the response head (in `out`) with the first body bytes, then the
+    /// rest of the body; returns the upstream connection to the pool when
+    /// the exchange ended cleanly.
+    async fn relay_body(
+        &mut self,
+        listener: &ListenerTable,
+        endpoint: &Arc<EndpointState>,
+        mut upstream: UpstreamStream,
+        response: &ResponseHead,
+    ) -> Result<(), ExchangeError> {
         // The first body bytes travel with the head.
         let mut scanner = ChunkedScanner::new();
         let (first, mut remaining) = match response.framing {
@@ -427,8 +474,7 @@ impl Connection {
         if upstream_clean && !response.upstream_close && self.upstream_buf.is_empty() {
             raw::checkin(endpoint, upstream);
         }
-        let close = close_client || response.framing == Framing::UntilClose;
-        Ok((response.status, if close { Next::Close } else { Next::KeepAlive }))
+        Ok(())
     }
 
     async fn write_client(&mut self, listener: &ListenerTable) -> Result<(), ExchangeError> {
@@ -452,7 +498,7 @@ impl Connection {
         let close = reply.close || self.head.close || self.shared.lifecycle.is_draining();
         self.out.clear();
         write_local_reply(&mut self.out, reply.status, reply.body, close);
-        self.record(table, listener, metrics, names, started, reply.status.as_u16(), None, Some(reply.reason));
+        self.record(table, listener, metrics, names, started, reply.status.as_u16(), Some(reply.reason));
         if self.stream.write_all(&self.out).await.is_err() || close {
             return Next::Close;
         }
@@ -460,24 +506,38 @@ impl Connection {
         Next::KeepAlive
     }
 
+    /// Metrics and the access log for a response the proxy made itself.
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
         table: &RouteTable,
         listener: &ListenerTable,
         metrics: &RequestMetrics,
+        names: (&str, &str),
+        started: Instant,
+        status: u16,
+        local_reply: Option<&'static str>,
+    ) {
+        metrics.record(status, started.elapsed());
+        if let Some(reason) = local_reply {
+            listener.metrics.local_reply(reason);
+        }
+        self.log(table, listener, names, started, status, None, local_reply);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log(
+        &self,
+        table: &RouteTable,
+        listener: &ListenerTable,
         (route, cluster): (&str, &str),
         started: Instant,
         status: u16,
         upstream: Option<SocketAddr>,
         local_reply: Option<&'static str>,
     ) {
-        let elapsed = started.elapsed();
-        metrics.record(status, elapsed);
-        if let Some(reason) = local_reply {
-            listener.metrics.local_reply(reason);
-        }
         if table.access_log {
+            let elapsed = started.elapsed();
             let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
             let target = text(self.head.target(&self.buf));
             self.shared.access_log.http(
