@@ -90,8 +90,10 @@ pub async fn relay(
         let to_upstream = pipe(&mut client_read, &mut upstream_write, &rx, rx_counter, &activity);
         let to_client = pipe(&mut upstream_read, &mut client_write, &tx, tx_counter, &activity);
         tokio::select! {
-            (up, down) = async { tokio::join!(to_upstream, to_client) } => {
-                outcome = up.err().or(down.err()).map(|e| e.to_string());
+            // A half-close lets the other direction go on; an error (a reset)
+            // ends both.
+            result = async { tokio::try_join!(to_upstream, to_client) } => {
+                outcome = result.err().map(|e| e.to_string());
             }
             () = activity.idle(listener.tcp_idle_timeout) => {
                 outcome = Some("idle timeout".into());

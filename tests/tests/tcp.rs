@@ -237,3 +237,26 @@ async fn tcp_byte_counters_match_the_bytes_relayed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reset_ends_the_relay_without_waiting_for_the_upstream() {
+    guard(async {
+        let echo = TcpEcho::start().await;
+        let proxy = start_proxy("tcp", "", &[echo.addr()]);
+        let mut client = connect(proxy.addr("front")).await;
+        client.write_all(b"ping").await.unwrap();
+        assert_eq!(read_exact_within(&mut client, 4).await, b"ping");
+        let active = || proxy.metric("edgeplane_downstream_connections_active", &[("listener", "front")]);
+        assert_eq!(active().await, Some(1.0));
+        // An abortive close (RST): the upstream stays silent, so only the
+        // reset can end the relay, long before the one-hour idle timeout.
+        client.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(client);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while active().await != Some(0.0) {
+            assert!(Instant::now() < deadline, "the relay outlived its client's reset");
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
