@@ -250,7 +250,7 @@ async fn a_client_reset_ends_the_relay_without_waiting_for_the_upstream() {
         assert_eq!(active().await, Some(1.0));
         // An abortive close (RST): the upstream stays silent, so only the
         // reset can end the relay, long before the one-hour idle timeout.
-        client.set_linger(Some(Duration::ZERO)).unwrap();
+        client.set_zero_linger().unwrap();
         drop(client);
         let deadline = Instant::now() + Duration::from_secs(5);
         while active().await != Some(0.0) {
