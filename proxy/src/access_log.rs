@@ -110,6 +110,11 @@ fn text_line<R: Serialize>(line: &R) -> Vec<u8> {
     out
 }
 
+/// A duration in milliseconds, to the microsecond.
+pub fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// UTC timestamp with milliseconds, e.g. `2026-11-22T10:00:00.123Z`.
 pub fn rfc3339(time: SystemTime) -> String {
     let since_epoch = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO);

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::access_log::TcpRecord;
+use crate::access_log::{millis, TcpRecord};
 use crate::balance::PickInput;
 use crate::route::{InFlight, ListenerTable, RouteTable};
 use crate::state::Shared;
@@ -48,7 +48,7 @@ pub async fn relay(
                     upstream,
                     bytes_rx: rx,
                     bytes_tx: tx,
-                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    duration_ms: millis(started.elapsed()),
                     error,
                 },
             );

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::body::{ProxyBody, ResponseBody};
 use super::headers::{add_forwarding, is_upgrade_request, strip_hop_by_hop};
-use crate::access_log::HttpRecord;
+use crate::access_log::{millis, HttpRecord};
 use crate::balance::PickInput;
 use crate::error::ProxyError;
 use crate::metrics::RequestMetrics;
@@ -320,7 +320,7 @@ fn write_access_log(
             status,
             upstream,
             local_reply,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            duration_ms: millis(elapsed),
         },
     );
 }

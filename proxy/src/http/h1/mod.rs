@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use self::chunked::ChunkedScanner;
 use self::head::{parse_response, Framing, HeadError, RequestHead, RequestHeadView, ResponseContext, ResponseHead};
-use crate::access_log::HttpRecord;
+use crate::access_log::{millis, HttpRecord};
 use crate::balance::PickInput;
 use crate::error::ProxyError;
 use crate::http::forward::ConnContext;
@@ -554,7 +554,7 @@ impl Connection {
                     status,
                     upstream,
                     local_reply,
-                    duration_ms: elapsed.as_secs_f64() * 1000.0,
+                    duration_ms: millis(elapsed),
                 },
             );
         }
