@@ -1,0 +1,1 @@
+//! Writing a run's results: `results.json`, `report.md` and SVG charts.
