@@ -1,6 +1,15 @@
 //! edgeplane's benchmark harness. See `docs/benchmarks.md`.
 #![forbid(unsafe_code)]
 
+pub mod external;
+pub mod histogram;
+pub mod load;
+pub mod machine;
 pub mod model;
 pub mod peers;
+pub mod procstat;
 pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod threads;
+pub mod upstream;

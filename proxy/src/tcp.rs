@@ -16,8 +16,11 @@ use crate::route::{InFlight, ListenerTable, RouteTable};
 use crate::state::Shared;
 use crate::upstream;
 
-/// Relay buffer per direction.
-const BUFFER: usize = 16 * 1024;
+/// Relay buffer per direction: it starts small (most relayed connections
+/// are interactive) and doubles each time a read fills it, up to the
+/// maximum, so a bulk transfer soon moves large chunks per syscall.
+const FIRST_BUFFER: usize = 8 * 1024;
+const MAX_BUFFER: usize = 256 * 1024;
 
 /// Relays a client connection to the listener's TCP route. `prefix` holds
 /// bytes already read from the client (during detection).
@@ -119,9 +122,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; BUFFER];
+    let mut buffer = vec![0u8; FIRST_BUFFER];
     loop {
         let n = reader.read(&mut buffer).await?;
+        if n == buffer.len() && buffer.len() < MAX_BUFFER {
+            let grown = buffer.len() * 2;
+            buffer.resize(grown, 0);
+        }
         if n == 0 {
             writer.shutdown().await?;
             return Ok(());

@@ -339,3 +339,53 @@ async fn route_timeout_stops_at_the_response_head_not_the_body() {
     })
     .await;
 }
+
+/// HTTP/2 clients reach HTTP/1 upstreams through the proxy's own HTTP/1
+/// client: framing both ways, trailers, HEAD, 204, streamed bodies, an
+/// upstream that dies mid-body, and connection reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_through_the_http1_client() {
+    guard(async {
+        let up = HttpUpstream::start("h1", HttpProto::Http1).await;
+        let yaml = format!(
+            "listeners:\n  - name: web\n    bind: 127.0.0.1:0\n    routes: [ {{ cluster: h1 }} ]\nclusters:\n{}",
+            cluster("h1", &[up.addr()])
+        );
+        let proxy = TestProxy::start(&yaml);
+        let client = Http2Conn::connect(proxy.addr("web")).await;
+
+        // A chunked response with a trailer becomes data frames and a trailers frame.
+        let res = client.send(request("GET", "http://h/chunked", "h", &[("te", "trailers")])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(&res.body()[..], edgeplane_tests::upstream::CHUNKS.concat().as_bytes());
+        let trailers = edgeplane_tests::client::trailers(&res).expect("trailers");
+        assert_eq!(trailers["x-trailer"], "done");
+
+        // A 3 MiB request body streamed without a length, echoed back.
+        let payload = Bytes::from((0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let res = client.send(Request::post("http://h/echo").body(Full::new(payload.clone())).unwrap()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.body(), &payload);
+
+        // Bodiless answers.
+        let res = client.send(request("HEAD", "http://h/bytes/1000", "h", &[])).await.unwrap();
+        assert_eq!(res.headers()["content-length"], "1000");
+        assert!(res.body().is_empty());
+        let res = client.send(request("GET", "http://h/status/204", "h", &[])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+
+        // An upstream that dies mid-body: the stream fails, the connection lives on.
+        assert!(client.send(request("GET", "http://h/abort", "h", &[])).await.is_err());
+        let res = client.send(request("GET", "http://h/bytes/100000", "h", &[])).await.unwrap();
+        assert_eq!(res.body().len(), 100_000);
+
+        // Sequential requests reuse upstream connections.
+        let before = up.connections();
+        for _ in 0..50 {
+            let res = client.send(request("GET", "http://h/", "h", &[])).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        assert!(up.connections() <= before + 2, "{} new upstream connections", up.connections() - before);
+    })
+    .await;
+}

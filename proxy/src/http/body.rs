@@ -7,13 +7,21 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::http::h1::client::UpstreamBody;
 use crate::pool::PoolGuard;
 use crate::route::InFlight;
 
-/// A request body on its way upstream, or a response body made by the proxy.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body passing through the proxy: a request body on its way upstream, a
+/// response body from an upstream, or one the proxy made.
 pub enum ProxyBody {
+    /// From hyper: a client's request body, or an HTTP/2 upstream's response.
     Incoming(Incoming),
+    /// Whole in memory.
     Full(Option<Bytes>),
+    /// An HTTP/1 upstream's response, read from a pooled connection.
+    Upstream(UpstreamBody),
 }
 
 impl ProxyBody {
@@ -28,12 +36,13 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Incoming(incoming) => Pin::new(incoming).poll_frame(cx),
+            ProxyBody::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(upstream) => Pin::new(upstream).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -41,6 +50,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Incoming(incoming) => incoming.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Upstream(upstream) => upstream.is_end_stream(),
         }
     }
 
@@ -49,6 +59,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(incoming) => incoming.size_hint(),
             ProxyBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Upstream(upstream) => upstream.size_hint(),
         }
     }
 }
@@ -66,16 +77,16 @@ impl ResponseBody {
         ResponseBody { inner: body, lease: None }
     }
 
-    pub fn upstream(body: Incoming, pool: PoolGuard, in_flight: InFlight) -> Self {
-        ResponseBody { inner: ProxyBody::Incoming(body), lease: Some((pool, in_flight)) }
+    pub fn upstream(body: ProxyBody, pool: PoolGuard, in_flight: InFlight) -> Self {
+        ResponseBody { inner: body, lease: Some((pool, in_flight)) }
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(None) = frame {

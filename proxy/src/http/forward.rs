@@ -114,7 +114,7 @@ pub async fn handle(
                 return Err(ProxyError::Unsupported("upgrade to an HTTP/2 cluster"));
             }
             let response = pool::send_upgrade(&endpoint, cluster.connect_timeout, request).await?;
-            Ok((response, PoolGuard::None))
+            Ok((response.map(ProxyBody::Incoming), PoolGuard::None))
         } else {
             pool::send(&endpoint, &cluster.pool, cluster.connect_timeout, request).await
         }

@@ -6,19 +6,19 @@
 //! [`crate::state::Registry`] and are stable across reloads, so a reload keeps
 //! every pooled connection.
 //!
-//! - HTTP/1 fast path: a LIFO stack of idle plain TCP connections per
-//!   endpoint ([`raw`]); the fast path speaks HTTP/1 on them itself.
-//! - HTTP/1 via hyper (connections the fast path hands over): a LIFO stack of
-//!   idle hyper `SendRequest`s per endpoint. A connection returns to the
-//!   stack when its response body ends.
+//! - HTTP/1: a LIFO stack of idle plain TCP connections per endpoint
+//!   ([`raw`]); the fast path and the HTTP/1 client used for requests that
+//!   come through hyper both speak HTTP/1 on them. A connection returns to
+//!   the stack when its response has been read to the end.
+//! - Upgrades (WebSocket) get a connection of their own ([`send_upgrade`]).
 //! - HTTP/2: a few shared connections per endpoint, each carrying up to
 //!   `max_concurrent_streams` requests; another is dialled when all are full,
 //!   with at most one dial in flight per endpoint.
 
-mod h1;
 mod h2;
 mod idle;
 pub mod raw;
+mod upgrade;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -26,18 +26,17 @@ use std::time::Duration;
 
 use config_model::ClusterProtocol;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 use crate::http::body::ProxyBody;
 use crate::route::{EndpointState, PoolSettings};
 
-pub use h1::send_upgrade;
+pub use upgrade::send_upgrade;
 
 /// The lease of a pooled connection for one request; dropping it returns the
 /// connection (HTTP/1) or frees its stream slot (HTTP/2).
 pub enum PoolGuard {
-    Http1(h1::Lease),
+    /// An HTTP/2 stream slot. (HTTP/1 bodies return their own connection.)
     Http2(h2::Lease),
     None,
 }
@@ -48,15 +47,15 @@ pub async fn send(
     settings: &PoolSettings,
     connect_timeout: Duration,
     request: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, PoolGuard), ProxyError> {
+) -> Result<(Response<ProxyBody>, PoolGuard), ProxyError> {
     match endpoint.protocol {
         ClusterProtocol::Http1 => {
-            let (response, lease) = h1::send(endpoint, settings, connect_timeout, request).await?;
-            Ok((response, PoolGuard::Http1(lease)))
+            let response = crate::http::h1::client::send(endpoint, settings, connect_timeout, request).await?;
+            Ok((response, PoolGuard::None))
         }
         ClusterProtocol::Http2 => {
             let (response, lease) = h2::send(endpoint, settings, connect_timeout, request).await?;
-            Ok((response, PoolGuard::Http2(lease)))
+            Ok((response.map(ProxyBody::Incoming), PoolGuard::Http2(lease)))
         }
     }
 }
@@ -67,16 +66,11 @@ thread_local! {
 
 #[derive(Default)]
 struct WorkerPools {
-    http1: Vec<h1::EndpointPool>,
     http2: Vec<h2::EndpointPool>,
     raw: Vec<idle::IdleStack<crate::io::UpstreamStream>>,
 }
 
 impl WorkerPools {
-    fn http1(&mut self, id: usize) -> &mut h1::EndpointPool {
-        slot(&mut self.http1, id)
-    }
-
     fn raw(&mut self, id: usize) -> &mut idle::IdleStack<crate::io::UpstreamStream> {
         slot(&mut self.raw, id)
     }
@@ -99,9 +93,6 @@ fn slot<T: Default>(pools: &mut Vec<T>, id: usize) -> &mut T {
 pub fn sweep_idle() {
     let now = tokio::time::Instant::now();
     POOLS.with_borrow_mut(|pools| {
-        for pool in &mut pools.http1 {
-            pool.sweep(now);
-        }
         for pool in &mut pools.http2 {
             pool.sweep(now);
         }
@@ -115,9 +106,6 @@ pub fn sweep_idle() {
 pub fn release(ids: &[usize]) {
     POOLS.with_borrow_mut(|pools| {
         for id in ids {
-            if let Some(pool) = pools.http1.get_mut(*id) {
-                pool.clear();
-            }
             if let Some(pool) = pools.http2.get_mut(*id) {
                 pool.clear();
             }

@@ -99,6 +99,45 @@ impl ChunkedScanner {
         Ok(at)
     }
 
+    /// Chunk data bytes that come next before any framing (0 when the
+    /// scanner is not inside a chunk's data).
+    pub fn data_ahead(&self) -> u64 {
+        match self.state {
+            State::Data { remaining } => remaining,
+            _ => 0,
+        }
+    }
+
+    /// Marks `n` data bytes (at most [`Self::data_ahead`]) as passed on.
+    pub fn consume_data(&mut self, n: u64) {
+        if let State::Data { remaining } = self.state {
+            let remaining = remaining - n.min(remaining);
+            self.state = if remaining == 0 { State::DataCr } else { State::Data { remaining } };
+        }
+    }
+
+    /// Whether the scanner is in the trailer section (after the last chunk).
+    pub fn in_trailers(&self) -> bool {
+        matches!(self.state, State::TrailerStart | State::TrailerLine | State::TrailerLf | State::EndLf)
+    }
+
+    /// Scans framing bytes (sizes, line ends, trailers) and stops where chunk
+    /// data starts, where the trailer section starts, or where the body
+    /// ends; returns how many bytes it consumed. So every byte consumed by a
+    /// call that began [`Self::in_trailers`] belongs to the trailer section.
+    pub fn scan_framing(&mut self, bytes: &[u8]) -> Result<usize, ChunkError> {
+        let mut at = 0;
+        let trailers_before = self.in_trailers();
+        while at < bytes.len() && self.state != State::Done && self.data_ahead() == 0 {
+            self.state = self.step(bytes[at])?;
+            at += 1;
+            if !trailers_before && self.in_trailers() {
+                break;
+            }
+        }
+        Ok(at)
+    }
+
     fn step(&mut self, byte: u8) -> Result<State, ChunkError> {
         Ok(match self.state {
             State::Size { value, digits } => match (hex(byte), byte) {
@@ -154,7 +193,7 @@ impl ChunkedScanner {
                 b'\n' => State::Done,
                 _ => return Err(ChunkError::MissingCrlf),
             },
-            State::Data { .. } | State::Done => unreachable!("handled by scan"),
+            State::Data { .. } | State::Done => unreachable!("data and the end are handled by the callers"),
         })
     }
 
@@ -207,6 +246,32 @@ mod tests {
             assert_eq!(first + second, body.len());
             assert!(scanner.is_done(), "split at {split}");
         }
+    }
+
+    #[test]
+    fn decodes_data_apart_from_framing() {
+        let body = b"3\r\nabc\r\n5;x=y\r\nhello\r\n0\r\nx-t: 1\r\n\r\n";
+        let mut scanner = ChunkedScanner::new();
+        let (mut at, mut data, mut trailers) = (0, Vec::new(), Vec::new());
+        while !scanner.is_done() {
+            let ahead = scanner.data_ahead() as usize;
+            if ahead > 0 {
+                // One byte at a time, to cross every boundary.
+                data.push(body[at]);
+                scanner.consume_data(1);
+                at += 1;
+            } else {
+                let trailing = scanner.in_trailers();
+                let n = scanner.scan_framing(&body[at..]).unwrap();
+                if trailing {
+                    trailers.extend_from_slice(&body[at..at + n]);
+                }
+                at += n;
+            }
+        }
+        assert_eq!(at, body.len());
+        assert_eq!(data, b"abchello");
+        assert_eq!(trailers, b"x-t: 1\r\n\r\n");
     }
 
     #[test]

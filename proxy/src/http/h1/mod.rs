@@ -13,8 +13,9 @@
 //! targets, CONNECT, request bodies larger than [`MAX_BUFFERED_BODY`], and
 //! routes to HTTP/2 clusters.
 
-mod chunked;
-mod head;
+pub mod chunked;
+pub mod client;
+pub mod head;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,494 @@
+//! Running scenarios: start the upstream and every peer, interleave rounds
+//! (direct, A, B, C, direct, A, B, C, ...), measure, collect.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::load::{self, LoadResult, LoadSpec};
+use crate::model::{Latency, PeerResult, Report, Round, ScenarioResult, Settings, Skipped, Summary, SCHEMA_VERSION};
+use crate::peers::{self, Peer, Topology, Wire};
+use crate::procstat::{self, Usage};
+use crate::scenario::{Mode, Scenario, Tool};
+use crate::threads::LoadThreads;
+use crate::upstream::{Upstream, UpstreamKind};
+
+/// Everything a run is told.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub scenarios: Vec<String>,
+    pub rounds: u32,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub connections: usize,
+    pub streams: usize,
+    pub payload: usize,
+    pub proxy_threads: usize,
+    pub proxy_cpus: Vec<usize>,
+    pub load_cpus: Vec<usize>,
+    pub edgeplane: PathBuf,
+    /// `--peer envoy=PATH`, `--peer pipy=PATH`.
+    pub user_peers: Vec<(String, PathBuf)>,
+    /// Limit the run to these peers (by name); `None`: every peer found.
+    pub only: Option<Vec<String>>,
+    pub idle_connections: usize,
+    /// Configs, logs and pid files of the peers go here.
+    pub work_dir: PathBuf,
+}
+
+/// Runs every scenario. `progress` receives one line per step.
+pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
+    let started_at = crate::machine::now_rfc3339();
+    let threads = LoadThreads::start(&options.load_cpus)?;
+    procstat::pin_current_thread(&options.load_cpus).context("pinning the harness to the load CPUs")?;
+
+    let (mut found, missing) = peers::discover(options.edgeplane.clone(), &options.user_peers)?;
+    if let Some(only) = &options.only {
+        found.retain(|peer| only.iter().any(|name| name == peer.name()));
+    }
+    let missing: Vec<Skipped> =
+        missing.into_iter().filter(|skip| options.only.as_ref().is_none_or(|only| only.contains(&skip.peer))).collect();
+
+    let mut names: Vec<String> = options.scenarios.clone();
+    let needs_max = names.iter().any(|n| n.starts_with("fixed-rate"));
+    if needs_max && !names.iter().any(|n| n == "http1-keepalive") {
+        // Fixed-rate runs are set from each peer's own maximum.
+        names.insert(0, "http1-keepalive".into());
+    }
+    let mut maxima: HashMap<String, f64> = HashMap::new();
+    let mut scenarios = Vec::new();
+    for name in &names {
+        let scenario = Scenario::by_name(name).with_context(|| format!("unknown scenario {name:?}"))?;
+        progress(&format!("== {} ({})", scenario.name, scenario.description));
+        let result = run_scenario(options, &threads, &scenario, &found, &missing, &maxima, progress)?;
+        if scenario.name == "http1-keepalive" {
+            for peer in &result.peers {
+                maxima.insert(peer.peer.clone(), peer.summary.throughput.median);
+            }
+        }
+        scenarios.push(result);
+    }
+
+    Ok(Report {
+        schema_version: SCHEMA_VERSION,
+        started_at,
+        machine: crate::machine::describe(),
+        settings: Settings {
+            rounds: options.rounds,
+            warmup_secs: options.warmup.as_secs_f64(),
+            duration_secs: options.duration.as_secs_f64(),
+            connections: options.connections,
+            streams: options.streams,
+            payload_bytes: options.payload,
+            proxy_threads: options.proxy_threads,
+            proxy_cpus: options.proxy_cpus.clone(),
+            load_cpus: options.load_cpus.clone(),
+        },
+        scenarios,
+    })
+}
+
+/// Something load is sent to: the upstream itself, or a running peer.
+struct Target {
+    name: String,
+    version: Option<String>,
+    addr: SocketAddr,
+    process: Option<Running>,
+    rounds: Vec<Round>,
+}
+
+/// A started peer process; killed when dropped.
+struct Running {
+    child: Child,
+    topology: Topology,
+    config_dir: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_scenario(
+    options: &Options,
+    threads: &LoadThreads,
+    scenario: &Scenario,
+    peers: &[Box<dyn Peer>],
+    missing: &[Skipped],
+    maxima: &HashMap<String, f64>,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<ScenarioResult> {
+    if let Mode::External(tool) = scenario.mode {
+        if !crate::external::installed(tool) {
+            let reason = format!("{} is not installed: apt-get install -y {}", tool.program(), tool.package());
+            let mut skipped: Vec<Skipped> = vec![skip("direct", &reason)];
+            skipped.extend(peers.iter().map(|peer| skip(peer.name(), &reason)));
+            progress(&format!("   skipped: {reason}"));
+            return Ok(ScenarioResult {
+                name: scenario.name.into(),
+                description: scenario.description.into(),
+                unit: scenario.unit.into(),
+                peers: Vec::new(),
+                skipped,
+            });
+        }
+    }
+    let payload = if scenario.name == "tcp-bulk" { 64 * 1024 } else { options.payload };
+    let kind = scenario.upstream_kind;
+    let upstream = threads.run(0, async move { Upstream::start(kind, payload).await })??;
+    let mut skipped: Vec<Skipped> = missing.to_vec();
+    let mut targets = Vec::new();
+
+    match scenario.mode {
+        Mode::ReloadUnderLoad => {
+            skipped.push(skip("direct", "no proxy: nothing to reload"));
+        }
+        Mode::IdleConnections => {
+            skipped.push(skip("direct", "no proxy: nothing to measure"));
+        }
+        _ => {}
+    }
+    // The direct baseline talks to an upstream that speaks the clients'
+    // protocol: the proxies' own upstream when that is the same, else one
+    // of its own (an HTTP/2 upstream for HTTP/2 clients, say).
+    let direct_kind = match scenario.downstream {
+        Wire::Http1 => UpstreamKind::Http1,
+        Wire::Http2 => UpstreamKind::Http2,
+        Wire::Tcp => scenario.upstream_kind,
+    };
+    let direct_upstream =
+        if direct_kind == scenario.upstream_kind || !matches!(scenario.mode, Mode::Max | Mode::External(_)) {
+            None
+        } else {
+            Some(threads.run(0, async move { Upstream::start(direct_kind, payload).await })??)
+        };
+    if matches!(scenario.mode, Mode::Max | Mode::FractionOfMax(_) | Mode::External(_)) {
+        targets.push(Target {
+            name: "direct".into(),
+            version: None,
+            addr: direct_upstream.as_ref().map_or(upstream.addr(), Upstream::addr),
+            process: None,
+            rounds: Vec::new(),
+        });
+    }
+    for peer in peers {
+        if scenario.mode == Mode::ReloadUnderLoad && peer.name() != "edgeplane" {
+            skipped.push(skip(peer.name(), "reload-under-load exercises edgeplane's own config reloads"));
+            continue;
+        }
+        let topology = Topology {
+            downstream: scenario.downstream,
+            upstream: scenario.upstream,
+            listen: free_port()?,
+            upstream_addr: upstream.addr(),
+            threads: options.proxy_threads,
+            admin: free_port()?,
+        };
+        if let Err(reason) = peer.supports(&topology) {
+            skipped.push(skip(peer.name(), &reason));
+            continue;
+        }
+        let dir = options.work_dir.join(scenario.name).join(peer.name());
+        match start_peer(peer.as_ref(), topology, &dir, &options.proxy_cpus, &options.load_cpus) {
+            Ok(running) => targets.push(Target {
+                name: peer.name().into(),
+                version: peers::version(peer.program(), peer.name()),
+                addr: running.topology.listen,
+                process: Some(running),
+                rounds: Vec::new(),
+            }),
+            Err(error) => skipped.push(skip(peer.name(), &format!("did not start: {error:#}"))),
+        }
+    }
+
+    for round in 1..=options.rounds {
+        for target in &mut targets {
+            let rate = match scenario.mode {
+                Mode::FractionOfMax(fraction) => match maxima.get(&target.name) {
+                    Some(max) if *max > 0.0 => Some(max * fraction),
+                    _ => {
+                        progress(&format!("   {}: no http1-keepalive maximum; skipped", target.name));
+                        continue;
+                    }
+                },
+                _ => None,
+            };
+            let figures = measure(options, threads, scenario, target, rate)?;
+            progress(&format!(
+                "   round {round}/{} {:<10} {:>10.1} {}  p50 {:>7} µs  p99 {:>7} µs  cpu {}  errors {}",
+                options.rounds,
+                target.name,
+                figures.throughput,
+                scenario.unit,
+                figures.latency.p50,
+                figures.latency.p99,
+                figures.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.1} µs/req")),
+                figures.errors,
+            ));
+            target.rounds.push(figures);
+        }
+    }
+
+    let peers = targets
+        .into_iter()
+        .filter(|target| !target.rounds.is_empty())
+        .map(|target| PeerResult {
+            summary: Summary::of(&target.rounds),
+            peer: target.name,
+            version: target.version,
+            rounds: target.rounds,
+        })
+        .collect();
+    drop(upstream);
+    drop(direct_upstream);
+    Ok(ScenarioResult {
+        name: scenario.name.into(),
+        description: scenario.description.into(),
+        unit: scenario.unit.into(),
+        peers,
+        skipped,
+    })
+}
+
+fn skip(peer: &str, reason: &str) -> Skipped {
+    Skipped { peer: peer.into(), reason: reason.into() }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// Writes the peer's files, starts it on the proxy CPUs and waits until it
+/// accepts connections.
+fn start_peer(
+    peer: &dyn Peer,
+    topology: Topology,
+    dir: &Path,
+    proxy_cpus: &[usize],
+    load_cpus: &[usize],
+) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(dir)?;
+    let launch = peer.launch(&topology, dir);
+    for (path, contents) in &launch.files {
+        std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let stdout = File::create(dir.join("stdout.log"))?;
+    let stderr = File::create(dir.join("stderr.log"))?;
+    // A child inherits the affinity of the thread that starts it, so every
+    // thread it ever creates starts on the proxy CPUs.
+    procstat::pin_current_thread(proxy_cpus)?;
+    let spawned = Command::new(&launch.program)
+        .args(&launch.args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn();
+    procstat::pin_current_thread(load_cpus)?;
+    let child = spawned.with_context(|| format!("starting {}", launch.program.display()))?;
+    let mut running = Running { child, topology, config_dir: dir.to_owned() };
+    wait_listening(&mut running)?;
+    procstat::pin_tree(running.child.id(), proxy_cpus)?;
+    Ok(running)
+}
+
+fn wait_listening(running: &mut Running) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if TcpStream::connect_timeout(&running.topology.listen, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = running.child.try_wait()? {
+            let log = std::fs::read_to_string(running.config_dir.join("stderr.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            bail!("exited with {status}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("not listening on {} after 15 s", running.topology.listen);
+        }
+        // An external process gives no readiness signal but its listening socket.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn measure(
+    options: &Options,
+    threads: &LoadThreads,
+    scenario: &Scenario,
+    target: &Target,
+    rate: Option<f64>,
+) -> anyhow::Result<Round> {
+    let pid = target.process.as_ref().map(|p| p.child.id());
+    if scenario.mode == Mode::IdleConnections {
+        let (addr, count) = (target.addr, options.idle_connections);
+        return threads.run(0, idle_connections(addr, count, pid));
+    }
+    if let Mode::External(tool) = scenario.mode {
+        return external_round(options, tool, target.addr, pid);
+    }
+    let spec = LoadSpec {
+        target: target.addr,
+        workload: scenario.workload(options.streams, options.payload),
+        connections: options.connections,
+        warmup: options.warmup,
+        duration: options.duration,
+        rate,
+    };
+    let window = spec.window();
+    let reloads = match (&scenario.mode, &target.process) {
+        (Mode::ReloadUnderLoad, Some(running)) => Some(reload_loop(threads, running, window)),
+        _ => None,
+    };
+    let usage = pid.map(|pid| {
+        threads.spawn(0, async move {
+            tokio::time::sleep_until(window.start).await;
+            let before = procstat::usage(pid);
+            tokio::time::sleep_until(window.end).await;
+            (before, procstat::usage(pid))
+        })
+    });
+    // The connections (and an open-loop rate) are shared out over the load threads.
+    let parts: Vec<_> = (0..threads.len())
+        .map(|index| {
+            let mut part = spec.clone();
+            part.connections = share(spec.connections, threads.len(), index);
+            part.rate = spec.rate.map(|rate| rate * part.connections as f64 / spec.connections as f64);
+            threads.spawn(index, async move { load::run(&part, window).await })
+        })
+        .collect();
+    let mut result = LoadResult::default();
+    for part in parts {
+        result.merge(part.blocking_recv().context("a load thread stopped")?);
+    }
+    result.elapsed = window.end - window.start;
+    let (before, after) = match usage {
+        Some(receiver) => receiver.blocking_recv().context("usage sampling stopped")?,
+        None => (Usage::default(), Usage::default()),
+    };
+    if let Some(reloads) = reloads {
+        let failures = reloads.blocking_recv().context("the reload loop stopped")??;
+        if failures > 0 {
+            bail!("{failures} config reloads failed during {}", scenario.name);
+        }
+    }
+    let seconds = result.elapsed.as_secs_f64();
+    let bulk = scenario.unit == "MB/s";
+    let throughput = if bulk { result.bytes as f64 / seconds / 1e6 } else { result.completed as f64 / seconds };
+    let cpu_seconds = after.cpu_seconds - before.cpu_seconds;
+    Ok(Round {
+        throughput,
+        completed: if bulk { result.bytes } else { result.completed },
+        errors: result.errors,
+        offered_rate: rate,
+        latency: if bulk { Latency::default() } else { result.latencies.summary() },
+        cpu_seconds,
+        cpu_us_per_request: (pid.is_some() && !bulk && result.completed > 0)
+            .then(|| cpu_seconds * 1e6 / result.completed as f64),
+        rss_kib: after.rss_kib,
+        peak_rss_kib: after.peak_rss_kib,
+    })
+}
+
+/// One round with wrk or h2load as the load generator.
+fn external_round(options: &Options, tool: Tool, addr: SocketAddr, pid: Option<u32>) -> anyhow::Result<Round> {
+    let threads = options.load_cpus.len().max(1);
+    let (connections, streams) = (options.connections, options.streams);
+    if !options.warmup.is_zero() {
+        crate::external::run(tool, addr, connections, streams, threads, options.warmup)?;
+    }
+    let before = pid.map(procstat::usage).unwrap_or_default();
+    let run = crate::external::run(tool, addr, connections, streams, threads, options.duration)?;
+    let after = pid.map(procstat::usage).unwrap_or_default();
+    let cpu_seconds = after.cpu_seconds - before.cpu_seconds;
+    Ok(Round {
+        throughput: run.requests_per_second,
+        completed: run.completed,
+        errors: run.errors,
+        offered_rate: None,
+        latency: run.latency,
+        cpu_seconds,
+        cpu_us_per_request: (pid.is_some() && run.completed > 0).then(|| cpu_seconds * 1e6 / run.completed as f64),
+        rss_kib: after.rss_kib,
+        peak_rss_kib: after.peak_rss_kib,
+    })
+}
+
+/// Connections of part `index` when `total` are shared over `parts`.
+fn share(total: usize, parts: usize, index: usize) -> usize {
+    total / parts + usize::from(index < total % parts)
+}
+
+/// Opens `count` keep-alive connections, one request each, holds them, and
+/// measures the proxy's memory while they are idle.
+async fn idle_connections(addr: SocketAddr, count: usize, pid: Option<u32>) -> Round {
+    let mut held = Vec::with_capacity(count);
+    let mut errors = 0;
+    let mut buf = bytes::BytesMut::with_capacity(4096);
+    let request = b"GET / HTTP/1.1\r\nhost: bench.local\r\n\r\n";
+    for _ in 0..count {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+            errors += 1;
+            continue;
+        };
+        buf.clear();
+        match load::http1_exchange(&mut stream, request, &mut buf).await {
+            Ok(response) if response.ok => held.push(stream),
+            _ => errors += 1,
+        }
+    }
+    let usage = pid.map(procstat::usage).unwrap_or_default();
+    Round {
+        throughput: held.len() as f64,
+        completed: held.len() as u64,
+        errors,
+        offered_rate: None,
+        latency: Latency::default(),
+        cpu_seconds: 0.0,
+        cpu_us_per_request: None,
+        rss_kib: usage.rss_kib,
+        peak_rss_kib: usage.peak_rss_kib,
+    }
+}
+
+/// Rewrites edgeplane's config and asks for a reload every 100 ms during
+/// the window; resolves to the number of reloads that failed.
+fn reload_loop(
+    threads: &LoadThreads,
+    running: &Running,
+    window: load::Window,
+) -> tokio::sync::oneshot::Receiver<anyhow::Result<u64>> {
+    let topology = running.topology.clone();
+    let dir = running.config_dir.clone();
+    threads.spawn(0, async move {
+        let path = peers::edgeplane::config_path(&dir);
+        let mut failures = 0;
+        let mut variant = 0u32;
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        while tokio::time::Instant::now() < window.end {
+            ticks.tick().await;
+            variant += 1;
+            std::fs::write(&path, peers::edgeplane::config(&topology, variant))?;
+            if !admin_reload(topology.admin).await {
+                failures += 1;
+            }
+        }
+        Ok(failures)
+    })
+}
+
+/// `POST /reload` on edgeplane's admin server; true on 200.
+async fn admin_reload(admin: SocketAddr) -> bool {
+    let mut buf = bytes::BytesMut::with_capacity(1024);
+    let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await else { return false };
+    let request = b"POST /reload HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\n\r\n";
+    matches!(load::http1_exchange(&mut stream, request, &mut buf).await, Ok(response) if response.ok)
+}
