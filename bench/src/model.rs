@@ -95,6 +95,18 @@ pub struct Round {
     pub rss_kib: u64,
     /// Peak resident memory so far (VmHWM summed over the processes), KiB.
     pub peak_rss_kib: u64,
+    /// Config reloads during the round (`reload-under-load` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reloads: Option<Reloads>,
+}
+
+/// Config reloads asked for during a round, and what came of them (from the
+/// proxy's own reload counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloads {
+    pub requested: u64,
+    pub applied: u64,
+    pub failed: u64,
 }
 
 /// Latency in microseconds. All zero for bulk-transfer rounds.

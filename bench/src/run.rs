@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use crate::load::{self, LoadResult, LoadSpec};
-use crate::model::{Latency, PeerResult, Report, Round, ScenarioResult, Settings, Skipped, Summary, SCHEMA_VERSION};
+use crate::model::{
+    Latency, PeerResult, Reloads, Report, Round, ScenarioResult, Settings, Skipped, Summary, SCHEMA_VERSION,
+};
 use crate::peers::{self, Peer, Topology, Wire};
 use crate::procstat::{self, Usage};
 use crate::scenario::{Mode, Scenario, Tool};
@@ -44,6 +46,8 @@ pub struct Options {
 /// Runs every scenario. `progress` receives one line per step.
 pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
     let started_at = crate::machine::now_rfc3339();
+    // Described before pinning narrows what this process may see.
+    let machine = crate::machine::describe();
     let threads = LoadThreads::start(&options.load_cpus)?;
     procstat::pin_current_thread(&options.load_cpus).context("pinning the harness to the load CPUs")?;
 
@@ -77,7 +81,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<
     Ok(Report {
         schema_version: SCHEMA_VERSION,
         started_at,
-        machine: crate::machine::describe(),
+        machine,
         settings: Settings {
             rounds: options.rounds,
             warmup_secs: options.warmup.as_secs_f64(),
@@ -374,12 +378,10 @@ fn measure(
         Some(receiver) => receiver.blocking_recv().context("usage sampling stopped")?,
         None => (Usage::default(), Usage::default()),
     };
-    if let Some(reloads) = reloads {
-        let failures = reloads.blocking_recv().context("the reload loop stopped")??;
-        if failures > 0 {
-            bail!("{failures} config reloads failed during {}", scenario.name);
-        }
-    }
+    let reloads = match reloads {
+        Some(receiver) => Some(receiver.blocking_recv().context("the reload loop stopped")??),
+        None => None,
+    };
     let seconds = result.elapsed.as_secs_f64();
     let bulk = scenario.unit == "MB/s";
     let throughput = if bulk { result.bytes as f64 / seconds / 1e6 } else { result.completed as f64 / seconds };
@@ -395,6 +397,7 @@ fn measure(
             .then(|| cpu_seconds * 1e6 / result.completed as f64),
         rss_kib: after.rss_kib,
         peak_rss_kib: after.peak_rss_kib,
+        reloads,
     })
 }
 
@@ -419,6 +422,7 @@ fn external_round(options: &Options, tool: Tool, addr: SocketAddr, pid: Option<u
         cpu_us_per_request: (pid.is_some() && run.completed > 0).then(|| cpu_seconds * 1e6 / run.completed as f64),
         rss_kib: after.rss_kib,
         peak_rss_kib: after.peak_rss_kib,
+        reloads: None,
     })
 }
 
@@ -456,39 +460,76 @@ async fn idle_connections(addr: SocketAddr, count: usize, pid: Option<u32>) -> R
         cpu_us_per_request: None,
         rss_kib: usage.rss_kib,
         peak_rss_kib: usage.peak_rss_kib,
+        reloads: None,
     }
 }
 
 /// Rewrites edgeplane's config and asks for a reload every 100 ms during
-/// the window; resolves to the number of reloads that failed.
+/// the window; counts what edgeplane's reload counters say came of them.
 fn reload_loop(
     threads: &LoadThreads,
     running: &Running,
     window: load::Window,
-) -> tokio::sync::oneshot::Receiver<anyhow::Result<u64>> {
+) -> tokio::sync::oneshot::Receiver<anyhow::Result<Reloads>> {
     let topology = running.topology.clone();
     let dir = running.config_dir.clone();
     threads.spawn(0, async move {
         let path = peers::edgeplane::config_path(&dir);
-        let mut failures = 0;
-        let mut variant = 0u32;
+        let (applied_before, failed_before) = reload_counters(topology.admin).await?;
+        let mut requested = 0;
         let mut ticks = tokio::time::interval(Duration::from_millis(100));
         while tokio::time::Instant::now() < window.end {
             ticks.tick().await;
-            variant += 1;
-            std::fs::write(&path, peers::edgeplane::config(&topology, variant))?;
-            if !admin_reload(topology.admin).await {
-                failures += 1;
+            requested += 1;
+            std::fs::write(&path, peers::edgeplane::config(&topology, requested as u32))?;
+            if !admin_post(topology.admin, "/reload").await {
+                bail!("edgeplane's admin server refused POST /reload");
             }
         }
-        Ok(failures)
+        // Reloads run on edgeplane's control thread after the POST is
+        // answered; give the last one a moment to be counted.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let (applied, failed) = reload_counters(topology.admin).await?;
+            let reloads = Reloads { requested, applied: applied - applied_before, failed: failed - failed_before };
+            if reloads.applied + reloads.failed >= requested || tokio::time::Instant::now() > deadline {
+                return Ok(reloads);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
 }
 
-/// `POST /reload` on edgeplane's admin server; true on 200.
-async fn admin_reload(admin: SocketAddr) -> bool {
+/// `edgeplane_config_reloads_total` for results `success` and `failure`.
+async fn reload_counters(admin: SocketAddr) -> anyhow::Result<(u64, u64)> {
+    let text = admin_get(admin, "/metrics").await.context("reading edgeplane's metrics")?;
+    let counter = |result: &str| {
+        let series = format!("edgeplane_config_reloads_total{{result=\"{result}\"}} ");
+        text.lines().find_map(|line| line.strip_prefix(&series)).and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Ok((counter("success").unwrap_or(0.0) as u64, counter("failure").unwrap_or(0.0) as u64))
+}
+
+/// A request to edgeplane's admin server; true on 200.
+async fn admin_post(admin: SocketAddr, path: &str) -> bool {
+    let request = format!("POST {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\n\r\n");
     let mut buf = bytes::BytesMut::with_capacity(1024);
     let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await else { return false };
-    let request = b"POST /reload HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\n\r\n";
-    matches!(load::http1_exchange(&mut stream, request, &mut buf).await, Ok(response) if response.ok)
+    matches!(load::http1_exchange(&mut stream, request.as_bytes(), &mut buf).await, Ok(response) if response.ok)
+}
+
+/// The body of a GET to edgeplane's admin server.
+async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { bail!("no response to GET {path}") };
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_owned())
 }

@@ -93,9 +93,9 @@ async fn serve_http1(mut stream: TcpStream, body: &[u8]) -> io::Result<()> {
         // Answer every complete request in the buffer with one write.
         let mut close = false;
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut request = httparse::Request::new(&mut headers);
-            let head_len = match request.parse(&buf) {
+            let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 64];
+            let mut request = httparse::Request::new(&mut []);
+            let head_len = match request.parse_with_uninit_headers(&buf, &mut headers) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => break,
                 Err(_) => return Ok(()),

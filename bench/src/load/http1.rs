@@ -128,13 +128,15 @@ pub async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut BytesMut
 
 /// A complete response at the start of `buf`: its length and what it said.
 pub fn parse(buf: &[u8]) -> io::Result<Option<(usize, Response)>> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(error) => return Err(io::Error::new(io::ErrorKind::InvalidData, error)),
-    };
+    // Uninitialised slots: initialising them would cost a memset per response.
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 32];
+    let mut response = httparse::Response::new(&mut []);
+    let head_len =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut headers) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(error) => return Err(io::Error::new(io::ErrorKind::InvalidData, error)),
+        };
     let status = response.code.unwrap_or(0);
     let mut length = None;
     let mut chunked = false;

@@ -307,6 +307,21 @@ fn notes(out: &mut String, scenario: &ScenarioResult, columns: &Columns) {
             }
         }
     }
+    for peer in &scenario.peers {
+        let reloads: Vec<_> = peer.rounds.iter().filter_map(|r| r.reloads).collect();
+        if !reloads.is_empty() {
+            let sum = |f: fn(&crate::model::Reloads) -> u64| reloads.iter().map(f).sum::<u64>();
+            let failed = sum(|r| r.failed);
+            notes.push(format!(
+                "{}**{}**: {} config reloads asked for, {} applied, {} failed, while serving the load above.",
+                if failed > 0 { "⚠ " } else { "" },
+                format::line(&peer.peer),
+                sum(|r| r.requested),
+                sum(|r| r.applied),
+                failed
+            ));
+        }
+    }
     if columns.offered {
         notes.push(
             "Open loop: the load generator sends at the offered rate instead of waiting for responses; \

@@ -34,6 +34,7 @@ fn round(throughput: f64, p50: u64, cpu: Option<f64>, rss_kib: u64) -> Round {
         rss_kib,
         // No proxy process (direct): no memory either.
         peak_rss_kib: if rss_kib == 0 { 0 } else { rss_kib + 1024 },
+        reloads: None,
     }
 }
 
@@ -49,6 +50,7 @@ fn bulk_round(mb_per_sec: f64, rss_kib: u64) -> Round {
         cpu_us_per_request: None,
         rss_kib,
         peak_rss_kib: rss_kib * 2,
+        reloads: None,
     }
 }
 

@@ -8,6 +8,7 @@
 //! per connection).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -74,16 +75,16 @@ pub async fn send(
             if !replayable {
                 send_body(&mut connection, &mut body, framing).await?;
             }
-            read_head(&mut connection, &mut buf).await.map_err(Sent::Io)
+            read_head(&mut connection, &mut buf, head_request).await
         }
         .await;
-        let head_len = match sent {
-            Ok(head_len) => head_len,
+        let head = match sent {
+            Ok(head) => head,
             Err(Sent::Io(_)) if was_reused && retry_allowed => continue,
             Err(Sent::Io(error)) => return Err(ProxyError::Upstream(error.to_string())),
             Err(Sent::Body(error)) => return Err(error),
         };
-        return response(connection, buf, head_len, head_request, endpoint.clone());
+        return Ok(response(connection, buf, head, endpoint.clone()));
     }
 }
 
@@ -168,50 +169,61 @@ async fn send_body(connection: &mut UpstreamStream, body: &mut ProxyBody, framin
     Ok(())
 }
 
-/// Reads until a final (non-1xx) response head is complete; returns its
-/// length, with any interim heads dropped from `buf`.
-async fn read_head(connection: &mut UpstreamStream, buf: &mut BytesMut) -> io::Result<usize> {
+/// A parsed final response head.
+struct Head {
+    len: usize,
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: BodyFraming,
+    upstream_close: bool,
+}
+
+enum Parsed {
+    Incomplete,
+    /// A 1xx head of this length, dropped (hyper answers `Expect` itself).
+    Interim(usize),
+    Final(Head),
+}
+
+/// Reads until a final (non-1xx) response head is complete.
+async fn read_head(connection: &mut UpstreamStream, buf: &mut BytesMut, head_request: bool) -> Result<Head, Sent> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut parsed = httparse::Response::new(&mut headers);
-        match parsed.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let status = parsed.code.unwrap_or(0);
-                if status == 101 {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected 101"));
-                }
-                if (100..200).contains(&status) {
-                    buf.advance(len);
-                    continue;
-                }
-                return Ok(len);
+        match parse_head(buf, head_request)? {
+            Parsed::Final(head) => return Ok(head),
+            Parsed::Interim(len) => {
+                buf.advance(len);
+                continue;
             }
-            Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));
+            Parsed::Incomplete if buf.len() > MAX_RESPONSE_HEAD => {
+                return Err(Sent::Body(ProxyError::Upstream("response head too large".into())));
             }
-            Ok(httparse::Status::Partial) => {}
-            Err(error) => return Err(io::Error::new(io::ErrorKind::InvalidData, error)),
+            Parsed::Incomplete => {}
         }
         buf.reserve(READ_CHUNK);
-        if connection.read_buf(buf).await? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed before a response"));
+        if connection.read_buf(buf).await.map_err(Sent::Io)? == 0 {
+            return Err(Sent::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed before a response")));
         }
     }
 }
 
-/// Turns the parsed head into a response whose body reads the rest.
-fn response(
-    connection: UpstreamStream,
-    mut buf: BytesMut,
-    head_len: usize,
-    head_request: bool,
-    endpoint: Arc<EndpointState>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let invalid = |why: &str| ProxyError::Upstream(why.to_owned());
-    let mut slots = [httparse::EMPTY_HEADER; 128];
-    let mut parsed = httparse::Response::new(&mut slots);
-    parsed.parse(&buf).map_err(|e| invalid(&e.to_string()))?;
+/// Parses (once, into owned parts) a response head at the start of `buf`.
+/// Synchronous so the header slots never live in a future.
+fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Sent> {
+    let invalid = |why: &str| Sent::Body(ProxyError::Upstream(why.to_owned()));
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Incomplete),
+        Err(error) => return Err(invalid(&error.to_string())),
+    };
     let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|_| invalid("invalid status"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(invalid("unexpected 101"));
+    }
+    if status.is_informational() {
+        return Ok(Parsed::Interim(len));
+    }
     let mut upstream_close = parsed.version == Some(0);
     let mut content_length = None;
     let mut chunked = false;
@@ -272,14 +284,30 @@ fn response(
     if matches!(framing, BodyFraming::UntilClose) {
         upstream_close = true;
     }
-    buf.advance(head_len);
-    let mut body = UpstreamBody { connection: Some(connection), buf, framing, reusable: !upstream_close, endpoint };
+    Ok(Parsed::Final(Head { len, status, headers, framing, upstream_close }))
+}
+
+/// The response, with a body that reads the rest from the connection.
+fn response(
+    connection: UpstreamStream,
+    mut buf: BytesMut,
+    head: Head,
+    endpoint: Arc<EndpointState>,
+) -> Response<ProxyBody> {
+    buf.advance(head.len);
+    let mut body = UpstreamBody {
+        connection: Some(connection),
+        buf,
+        framing: head.framing,
+        reusable: !head.upstream_close,
+        endpoint,
+    };
     body.finish_if_done();
     let mut response = Response::new(ProxyBody::Upstream(body));
-    *response.status_mut() = status;
+    *response.status_mut() = head.status;
     *response.version_mut() = Version::HTTP_11;
-    *response.headers_mut() = headers;
-    Ok(response)
+    *response.headers_mut() = head.headers;
+    response
 }
 
 enum BodyFraming {

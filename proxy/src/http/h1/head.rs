@@ -4,6 +4,7 @@
 //! route's edits applied, straight into an output buffer.
 
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
@@ -101,16 +102,18 @@ pub struct RequestHead {
 impl RequestHead {
     /// Parses a request head at the start of `buf`. `Ok(false)`: incomplete.
     pub fn parse(&mut self, buf: &[u8], max_headers: usize, max_bytes: usize) -> Result<bool, HeadError> {
-        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        // Uninitialised slots: filling 128 empty headers would cost a 4 KiB
+        // memset per request.
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
         let mut heap;
-        let slots: &mut [httparse::Header<'_>] = if max_headers <= STACK_HEADERS {
+        let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if max_headers <= STACK_HEADERS {
             &mut stack[..max_headers]
         } else {
-            heap = vec![httparse::EMPTY_HEADER; max_headers];
+            heap = vec![MaybeUninit::uninit(); max_headers];
             &mut heap
         };
-        let mut request = httparse::Request::new(slots);
-        let len = match request.parse(buf) {
+        let mut request = httparse::Request::new(&mut []);
+        let len = match request.parse_with_uninit_headers(buf, slots) {
             Ok(httparse::Status::Complete(len)) if len > max_bytes => return Err(HeadError::TooLarge),
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > max_bytes => return Err(HeadError::TooLarge),
@@ -367,9 +370,10 @@ pub fn parse_response(
     out: &mut Vec<u8>,
     context: &ResponseContext<'_>,
 ) -> Result<Option<ResponseHead>, &'static str> {
-    let mut slots = [httparse::EMPTY_HEADER; STACK_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let len = match response.parse(buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > max_bytes => return Err("response head too large"),
         Ok(httparse::Status::Partial) => return Ok(None),
