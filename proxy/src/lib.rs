@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod buffers;
 pub mod detect;
 pub mod error;
 pub mod http;

@@ -82,6 +82,7 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
     let detected = match listener.protocol {
         ListenerProtocol::Tcp => Detected::Tcp,
         ListenerProtocol::Auto | ListenerProtocol::Http => {
+            buffer = crate::buffers::bytes();
             buffer.reserve(4096);
             match detect(&mut stream, &mut buffer, listener.detect_timeout).await {
                 Ok(detected) => detected,

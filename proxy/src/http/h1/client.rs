@@ -22,6 +22,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chunked::ChunkedScanner;
+use crate::buffers;
 use crate::error::ProxyError;
 use crate::http::body::ProxyBody;
 use crate::io::UpstreamStream;
@@ -46,14 +47,14 @@ pub async fn send(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, mut body) = request.into_parts();
     let framing = request_framing(&parts.headers, &body);
-    let mut head = Vec::with_capacity(512);
-    write_head(&mut head, &parts, framing);
+    let mut request_head = buffers::vec();
+    write_head(&mut request_head, &parts, framing);
     // A body the proxy holds whole travels with the head, and can be sent
     // again on another connection.
     let replayable = match &mut body {
         ProxyBody::Full(bytes) => {
             if let Some(bytes) = bytes.take() {
-                head.extend_from_slice(&bytes);
+                request_head.extend_from_slice(&bytes);
             }
             true
         }
@@ -69,9 +70,9 @@ pub async fn send(
             Some(connection) => connection,
             None => upstream::connect(endpoint, connect_timeout).await?,
         };
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut buf = buffers::bytes();
         let sent = async {
-            connection.write_all(&head).await.map_err(Sent::Io)?;
+            connection.write_all(&request_head).await.map_err(Sent::Io)?;
             if !replayable {
                 send_body(&mut connection, &mut body, framing).await?;
             }
@@ -84,6 +85,7 @@ pub async fn send(
             Err(Sent::Io(error)) => return Err(ProxyError::Upstream(error.to_string())),
             Err(Sent::Body(error)) => return Err(error),
         };
+        buffers::recycle_vec(request_head);
         return Ok(response(connection, buf, head, endpoint.clone()));
     }
 }
@@ -344,6 +346,7 @@ impl UpstreamBody {
                 // Bytes beyond the body mean the upstream broke framing.
                 if self.reusable && self.buf.is_empty() {
                     raw::checkin(&self.endpoint, connection);
+                    buffers::recycle_bytes(std::mem::take(&mut self.buf));
                 }
             }
         }

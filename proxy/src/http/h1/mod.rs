@@ -32,6 +32,7 @@ use self::chunked::ChunkedScanner;
 use self::head::{parse_response, Framing, HeadError, RequestHead, RequestHeadView, ResponseContext, ResponseHead};
 use crate::access_log::{millis, HttpRecord};
 use crate::balance::PickInput;
+use crate::buffers;
 use crate::error::ProxyError;
 use crate::http::forward::ConnContext;
 use crate::http::server::serve_http1;
@@ -60,18 +61,20 @@ pub async fn serve(stream: TcpStream, buffer: BytesMut, shared: Arc<Shared>, slo
         stream,
         buf: buffer,
         head: RequestHead::default(),
-        out: Vec::with_capacity(1024),
+        out: Vec::new(),
         upstream_buf: BytesMut::new(),
     };
-    if connection.run().await == Next::Handover {
-        let Connection { shared, slot, client, stream, buf, .. } = connection;
-        let table = shared.table.load_full();
-        let Some(listener) = table.listener(slot).cloned() else { return };
-        let context = Arc::new(ConnContext { shared, slot, client, downstream: Version::HTTP_11 });
-        let metrics = &listener.metrics;
-        let io = Metered::new(PrefixedIo::new(buf, stream), metrics.bytes_rx.clone(), metrics.bytes_tx.clone());
-        serve_http1(io, context, &listener.http).await;
+    if connection.run().await != Next::Handover {
+        connection.release_buffers();
+        return;
     }
+    let Connection { shared, slot, client, stream, buf, .. } = connection;
+    let table = shared.table.load_full();
+    let Some(listener) = table.listener(slot).cloned() else { return };
+    let context = Arc::new(ConnContext { shared, slot, client, downstream: Version::HTTP_11 });
+    let metrics = &listener.metrics;
+    let io = Metered::new(PrefixedIo::new(buf, stream), metrics.bytes_rx.clone(), metrics.bytes_tx.clone());
+    serve_http1(io, context, &listener.http).await;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,17 +178,33 @@ impl Connection {
             } else {
                 *head_deadline.get_or_insert_with(|| Instant::now() + settings.header_read_timeout)
             };
-            let idle = self.buf.is_empty();
+            if self.buf.is_empty() {
+                // Idle: hand the buffers back to the worker's pool and wait
+                // for the next request without holding any.
+                self.release_buffers();
+                let ready = tokio::select! {
+                    biased;
+                    ready = tokio::time::timeout_at(deadline, self.stream.readable()) => ready,
+                    _ = draining(&mut self.drain) => return Incoming::Closed,
+                };
+                match ready {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return Incoming::Closed,
+                }
+                self.buf = buffers::bytes();
+                self.buf.reserve(READ_CHUNK);
+                match self.stream.try_read_buf(&mut self.buf) {
+                    Ok(0) => return Incoming::Closed,
+                    Ok(_) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Incoming::Closed,
+                }
+                continue;
+            }
             self.buf.reserve(READ_CHUNK);
-            let read = tokio::select! {
-                biased;
-                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)) => read,
-                _ = draining(&mut self.drain), if idle => return Incoming::Closed,
-            };
-            match read {
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Incoming::Closed,
                 Ok(Ok(_)) => {}
-                Err(_elapsed) if idle => return Incoming::Closed,
                 Err(_elapsed) => return Incoming::Reject(ProxyError::RequestTimeout),
             }
         }
@@ -230,8 +249,21 @@ impl Connection {
         }
     }
 
+    /// Returns the buffers to the worker's pool (the connection is idle).
+    fn release_buffers(&mut self) {
+        buffers::recycle_bytes(std::mem::take(&mut self.buf));
+        buffers::recycle_bytes(std::mem::take(&mut self.upstream_buf));
+        buffers::recycle_vec(std::mem::take(&mut self.out));
+    }
+
     async fn handle(&mut self, table: &RouteTable, listener: &Arc<ListenerTable>, body_len: usize) -> Next {
         let started = Instant::now();
+        if self.out.capacity() == 0 {
+            self.out = buffers::vec();
+        }
+        if self.upstream_buf.capacity() == 0 {
+            self.upstream_buf = buffers::bytes();
+        }
         let view = RequestHeadView { head: &self.head, buf: &self.buf };
         let Some(route) = listener.route_for(&view) else {
             let metrics = &listener.metrics.unrouted;
