@@ -5,9 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Peers the tests drive: curl and h2load as clients; nginx (with its stream
+# module) and HAProxy as the benchmark harness's peers, whose generated
+# configs are checked by the real binaries (BENCH_REQUIRE_PEERS below).
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     sudo=""
@@ -20,4 +27,7 @@ fi
 # package selection means the same features, so their build is a no-op);
 # building it first keeps its build time out of the tests' hang guards.
 cargo build -p edgeplane --bin edgeplane
-cargo test --workspace "$@"
+BENCH_REQUIRE_PEERS=1 cargo test --workspace "$@"
+
+# The proxy and the harness, built for arm64 and run under emulation.
+bash tests/arm64-smoke.sh

@@ -12,10 +12,7 @@ use clap::Parser;
 #[command(name = "bench", about = "edgeplane against nginx, HAProxy, Envoy, Pipy and a direct baseline")]
 struct Cli {
     /// Scenarios to run (comma-separated), or `all`.
-    #[arg(
-        long,
-        default_value = "http1-keepalive,http1-new-connection,http2-multiplexed,http1-to-http2-upstream,tcp-rr,tcp-bulk,fixed-rate-50,fixed-rate-80,reload-under-load,idle-connections"
-    )]
+    #[arg(long, default_value = "all")]
     scenarios: String,
     /// Measured rounds per peer; peers take turns round by round.
     #[arg(long, default_value_t = 3)]
@@ -63,6 +60,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    bench::run::stop_peers_on_signal()?;
     let available = bench::procstat::available_cpus();
     let proxy_cpus = match &cli.proxy_cpus {
         Some(list) => cpus(list)?,

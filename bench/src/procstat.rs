@@ -43,6 +43,9 @@ struct StatFields {
     ppid: u32,
     /// utime + stime, clock ticks.
     ticks: u64,
+    /// When the process started, clock ticks after boot: with the pid, an
+    /// identity that a reused pid does not share.
+    start: u64,
 }
 
 fn stat_fields(pid: u32) -> Option<StatFields> {
@@ -54,7 +57,8 @@ fn stat_fields(pid: u32) -> Option<StatFields> {
     let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(StatFields { ppid, ticks: utime + stime })
+    let start: u64 = fields.get(19)?.parse().ok()?;
+    Some(StatFields { ppid, ticks: utime + stime, start })
 }
 
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
@@ -65,6 +69,12 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 
 fn clock_ticks() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().map_or(100.0, |t| t as f64)
+}
+
+/// A process's start time (clock ticks after boot), to tell it from a later
+/// process that reuses its pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid).map(|stat| stat.start)
 }
 
 /// Current usage of the process tree under `pid`.

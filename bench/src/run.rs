@@ -113,9 +113,75 @@ struct Running {
     config_dir: PathBuf,
 }
 
+/// Peers running now, so that an interrupted harness can stop them.
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes SIGINT, SIGTERM and SIGHUP stop every running peer before the
+/// harness exits, instead of leaving proxies behind on their ports. Call it
+/// first thing in `main`, before any other thread starts (the signals are
+/// blocked in every thread and taken by one that waits for them).
+pub fn stop_peers_on_signal() -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(signal);
+    }
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)?;
+    std::thread::Builder::new().name("bench-signals".into()).spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            eprintln!("{signal}: stopping the peers");
+            let pids: Vec<u32> = RUNNING.lock().map(|r| r.clone()).unwrap_or_default();
+            // All at once: each may take its grace period.
+            let stopping: Vec<_> =
+                pids.into_iter().map(|pid| std::thread::spawn(move || stop_tree(pid, None))).collect();
+            for thread in stopping {
+                let _ = thread.join();
+            }
+            std::process::exit(128 + signal as i32);
+        }
+    })?;
+    Ok(())
+}
+
+/// SIGTERM to `pid`, then (once it has exited, or after a grace period)
+/// SIGKILL to every process that was in its tree and is still the same
+/// process (pids get reused).
+fn stop_tree(pid: u32, child: Option<&mut Child>) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let tree: Vec<(u32, Option<u64>)> = procstat::tree(pid).into_iter().map(|p| (p, procstat::start_time(p))).collect();
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    match child {
+        Some(child) => {
+            while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        None => {
+            while std::time::Instant::now() < deadline && procstat::start_time(pid).is_some() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    for (pid, started) in tree {
+        if started.is_some() && procstat::start_time(pid) == started {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
 impl Drop for Running {
+    /// Stops the peer and every process it started: SIGTERM to the main
+    /// process (nginx's master then stops its workers), and after a grace
+    /// period SIGKILL to whatever is left of the tree. Killing only the main
+    /// process would orphan nginx's workers, still holding the port.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let pid = self.child.id();
+        stop_tree(pid, Some(&mut self.child));
+        if let Ok(mut running) = RUNNING.lock() {
+            running.retain(|p| *p != pid);
+        }
         let _ = self.child.wait();
     }
 }
@@ -299,6 +365,9 @@ fn start_peer(
         .spawn();
     procstat::pin_current_thread(load_cpus)?;
     let child = spawned.with_context(|| format!("starting {}", launch.program.display()))?;
+    if let Ok(mut running) = RUNNING.lock() {
+        running.push(child.id());
+    }
     let mut running = Running { child, topology, config_dir: dir.to_owned() };
     wait_listening(&mut running)?;
     procstat::pin_tree(running.child.id(), proxy_cpus)?;
