@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{record, LoadResult, Pacer, Window};
+use super::{finished, next_send, record, LoadResult, Pacer, Window};
 
 const KEEP_ALIVE_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: bench.local\r\nuser-agent: edgeplane-bench\r\n\r\n";
 const CLOSE_REQUEST: &[u8] =
@@ -20,14 +20,7 @@ pub async fn keep_alive(target: SocketAddr, window: Window, mut pacer: Option<Pa
     let mut result = LoadResult::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut stream = None;
-    while Instant::now() < window.end {
-        let sent = match pacer.as_mut() {
-            Some(pacer) => pacer.wait().await,
-            None => Instant::now(),
-        };
-        if sent >= window.end {
-            break;
-        }
+    while let Some(sent) = next_send(&mut pacer, &window).await {
         if stream.is_none() {
             match connect(target).await {
                 Ok(connected) => {
@@ -44,9 +37,7 @@ pub async fn keep_alive(target: SocketAddr, window: Window, mut pacer: Option<Pa
         let Some(connection) = stream.as_mut() else { continue };
         let outcome = exchange(connection, KEEP_ALIVE_REQUEST, &mut buf).await;
         let done = Instant::now();
-        if let Some(pacer) = pacer.as_mut() {
-            pacer.done(done);
-        }
+        finished(&mut pacer, done);
         match outcome {
             Ok(response) => {
                 record(&mut result, &window, sent, done, response.ok);
@@ -66,23 +57,14 @@ pub async fn keep_alive(target: SocketAddr, window: Window, mut pacer: Option<Pa
 pub async fn new_connections(target: SocketAddr, window: Window, mut pacer: Option<Pacer>) -> LoadResult {
     let mut result = LoadResult::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    while Instant::now() < window.end {
-        let sent = match pacer.as_mut() {
-            Some(pacer) => pacer.wait().await,
-            None => Instant::now(),
-        };
-        if sent >= window.end {
-            break;
-        }
+    while let Some(sent) = next_send(&mut pacer, &window).await {
         buf.clear();
         let outcome = match connect(target).await {
             Ok(mut stream) => exchange(&mut stream, CLOSE_REQUEST, &mut buf).await,
             Err(error) => Err(error),
         };
         let done = Instant::now();
-        if let Some(pacer) = pacer.as_mut() {
-            pacer.done(done);
-        }
+        finished(&mut pacer, done);
         let ok = outcome.map(|r| r.ok).unwrap_or(false);
         record(&mut result, &window, sent, done, ok);
         if !ok {

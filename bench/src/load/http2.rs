@@ -6,7 +6,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{record, LoadResult, Pacer, Window};
+use super::{finished, next_send, record, LoadResult, Pacer, Window};
 
 /// One connection with `streams` request loops sharing it. Open loop: the
 /// connection's rate is split evenly over its streams.
@@ -62,19 +62,10 @@ async fn stream_loop(
     mut pacer: Option<Pacer>,
 ) -> (LoadResult, bool) {
     let mut result = LoadResult::default();
-    while Instant::now() < window.end {
-        let sent = match pacer.as_mut() {
-            Some(pacer) => pacer.wait().await,
-            None => Instant::now(),
-        };
-        if sent >= window.end {
-            break;
-        }
+    while let Some(sent) = next_send(&mut pacer, &window).await {
         let outcome = exchange(&mut client).await;
         let done = Instant::now();
-        if let Some(pacer) = pacer.as_mut() {
-            pacer.done(done);
-        }
+        finished(&mut pacer, done);
         match outcome {
             Ok(ok) => record(&mut result, &window, sent, done, ok),
             Err(_) => {

@@ -125,6 +125,26 @@ impl LoadSpec {
     }
 }
 
+/// When to send the next request: now (closed loop) or at the pacer's next
+/// slot (open loop); `None` once the window is over.
+pub async fn next_send(pacer: &mut Option<Pacer>, window: &Window) -> Option<Instant> {
+    if Instant::now() >= window.end {
+        return None;
+    }
+    let sent = match pacer.as_mut() {
+        Some(pacer) => pacer.wait().await,
+        None => Instant::now(),
+    };
+    (sent < window.end).then_some(sent)
+}
+
+/// Tells an open-loop pacer that the exchange it paced has finished.
+pub fn finished(pacer: &mut Option<Pacer>, done: Instant) {
+    if let Some(pacer) = pacer.as_mut() {
+        pacer.done(done);
+    }
+}
+
 /// Runs a load on the current runtime (tasks are spawned, so a multi-thread
 /// runtime spreads connections over its threads), from now until the end of
 /// `window`, recording what falls inside it.

@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{record, LoadResult, Pacer, Window};
+use super::{finished, next_send, record, LoadResult, Pacer, Window};
 
 /// Writes `size` bytes and reads `size` bytes back (the upstream echoes).
 pub async fn request_response(target: SocketAddr, size: usize, window: Window, mut pacer: Option<Pacer>) -> LoadResult {
@@ -14,14 +14,7 @@ pub async fn request_response(target: SocketAddr, size: usize, window: Window, m
     let message = vec![b'r'; size.max(1)];
     let mut reply = vec![0u8; size.max(1)];
     let mut stream: Option<TcpStream> = None;
-    while Instant::now() < window.end {
-        let sent = match pacer.as_mut() {
-            Some(pacer) => pacer.wait().await,
-            None => Instant::now(),
-        };
-        if sent >= window.end {
-            break;
-        }
+    while let Some(sent) = next_send(&mut pacer, &window).await {
         if stream.is_none() {
             stream = match TcpStream::connect(target).await {
                 Ok(connected) => {
@@ -43,9 +36,7 @@ pub async fn request_response(target: SocketAddr, size: usize, window: Window, m
         }
         .await;
         let done = Instant::now();
-        if let Some(pacer) = pacer.as_mut() {
-            pacer.done(done);
-        }
+        finished(&mut pacer, done);
         let ok = outcome.is_ok();
         record(&mut result, &window, sent, done, ok);
         if !ok {
