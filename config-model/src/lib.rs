@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod model;
+mod policy;
 mod string_or;
 mod validate;
 mod values;
@@ -23,8 +24,9 @@ mod values;
 use std::path::Path;
 
 pub use model::*;
+pub use policy::*;
 pub use validate::{validate, ValidationError, MAX_WEIGHT};
-pub use values::{parse_duration, BindAddress, Duration, ParsedUpstream, UpstreamAddress};
+pub use values::{parse_duration, BindAddress, ByteRate, Duration, ParsedUpstream, UpstreamAddress};
 
 /// Why a config could not be read or parsed. Semantic problems are
 /// [`ValidationError`]s instead.

@@ -12,6 +12,7 @@ use std::time::Duration as StdDuration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::*;
 use crate::values::{BindAddress, Duration, UpstreamAddress};
 
 /// The whole edgeplane configuration.
@@ -106,6 +107,15 @@ pub struct Listener {
     /// first route without HTTP match criteria and without a direct response.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Rate limit of all HTTP requests the listener takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// New connections accepted per period; excess connections are closed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_rate_limit: Option<ConnectionRateLimit>,
+    /// Bandwidth limits of client connections (bytes per second).
+    #[serde(default, skip_serializing_if = "Bandwidth::is_unlimited")]
+    pub bandwidth: Bandwidth,
 }
 
 /// Protocol handling for a listener.
@@ -228,6 +238,12 @@ pub struct Route {
     /// Header edits applied to responses before they go to the client.
     #[serde(default, skip_serializing_if = "HeaderEdits::is_empty")]
     pub response_headers: HeaderEdits,
+    /// Retries of failed tries; none when absent. HTTP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Rate limit of the requests this route takes. HTTP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Request match criteria. All that are given must hold.
@@ -386,6 +402,26 @@ pub struct Cluster {
     /// Upstream connection pool settings.
     #[serde(default)]
     pub pool: PoolOptions,
+    /// Connection and request limits (Envoy's circuit breaker thresholds).
+    #[serde(default)]
+    pub limits: ClusterLimits,
+    /// The osm-edge degrade breaker; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<DegradeBreaker>,
+    /// Per-endpoint outlier ejection; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Active health checks; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// How much a priority level's health is inflated before traffic spills
+    /// to the next level: with 1.4, a level keeps all its traffic while at
+    /// least 1/1.4 ≈ 72% of its endpoints are healthy.
+    #[serde(default = "crate::policy::policy_defaults::overprovisioning_factor")]
+    pub overprovisioning_factor: f64,
+    /// Rate limit of all requests to the cluster (the service), over all routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// An upstream endpoint: `"ADDRESS"` or `{ address, weight }`.
@@ -412,6 +448,13 @@ impl Endpoint {
             Endpoint::Detailed(spec) => spec.weight,
         }
     }
+
+    pub fn priority(&self) -> u32 {
+        match self {
+            Endpoint::Address(_) => 0,
+            Endpoint::Detailed(spec) => spec.priority,
+        }
+    }
 }
 
 /// An endpoint with options.
@@ -423,6 +466,11 @@ pub struct EndpointSpec {
     /// Relative weight, 1 to 10000.
     #[serde(default = "defaults::weight")]
     pub weight: u32,
+    /// Failover level: 0 is preferred (the local POP), then 1 (a neighbour
+    /// POP) and so on. Traffic moves to a higher level as the lower ones lose
+    /// healthy endpoints, and back when they recover.
+    #[serde(default)]
+    pub priority: u32,
 }
 
 /// Load-balancing policy.
@@ -498,7 +546,7 @@ impl<'de> Deserialize<'de> for Endpoint {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         crate::string_or::string_or_map(
             deserializer,
-            "an address string or { address, weight }",
+            "an address string or { address, weight, priority }",
             |text| Endpoint::Address(UpstreamAddress::from(text)),
             Endpoint::Detailed,
         )

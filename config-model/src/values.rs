@@ -107,6 +107,85 @@ fn format_duration(value: StdDuration) -> String {
     }
 }
 
+/// A byte rate per second: `"100000"`, `"64KB"`, `"1.5MB"` (powers of 1000) or
+/// `"512KiB"`, `"2MiB"` (powers of 1024); a plain integer is bytes.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ByteRate(String);
+
+impl ByteRate {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Bytes per second; zero is refused (it would stop the traffic outright).
+    pub fn parse(&self) -> Result<u64, String> {
+        let text = self.0.trim();
+        let invalid = || format!("invalid byte rate {text:?}: use e.g. 100000, 64KB, 512KiB, 2MiB");
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: f64 = number.parse().map_err(|_| invalid())?;
+        let scale: f64 = match unit.trim() {
+            "" | "B" => 1.0,
+            "KB" | "kB" => 1e3,
+            "MB" => 1e6,
+            "GB" => 1e9,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            _ => return Err(invalid()),
+        };
+        let bytes = number * scale;
+        if !bytes.is_finite() || !(1.0..=1e15).contains(&bytes) {
+            return Err(format!("byte rate {text:?} must be between 1 B/s and 1 PB/s"));
+        }
+        Ok(bytes as u64)
+    }
+}
+
+impl fmt::Debug for ByteRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl From<&str> for ByteRate {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteRate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer) {
+            Ok(Written::Number(n)) => Ok(ByteRate(n.to_string())),
+            Ok(Written::Text(text)) => Ok(ByteRate(text)),
+            Err(_) => {
+                Err(serde::de::Error::custom("expected a byte rate: a number of bytes or a string like \"64KB\""))
+            }
+        }
+    }
+}
+
+impl JsonSchema for ByteRate {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteRate".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["string", "integer"],
+            "description": "Bytes per second: an integer, or a number with KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024)."
+        })
+    }
+}
+
 /// A socket address to bind: `IP:PORT`, e.g. `0.0.0.0:8080` or `[::1]:15000`.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

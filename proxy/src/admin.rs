@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::app::Control;
+use crate::policy::breaker::BreakerState;
+use crate::policy::outlier::{EJECTED, HEALTH_CHECK_FAILED};
 use crate::state::Shared;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -103,29 +105,67 @@ fn respond(
 
 fn clusters(shared: &Shared) -> serde_json::Value {
     let table = shared.table.load();
+    let now = tokio::time::Instant::now();
     let clusters: Vec<_> = table
         .clusters
         .iter()
         .map(|cluster| {
+            let priorities: std::collections::HashMap<u32, u32> = cluster
+                .levels
+                .iter()
+                .flat_map(|level| level.members.iter().map(move |member| (*member, level.priority)))
+                .collect();
             let endpoints: Vec<_> = cluster
                 .endpoints
                 .iter()
                 .zip(cluster.weights.iter())
-                .map(|(endpoint, weight)| {
+                .enumerate()
+                .map(|(index, (endpoint, weight))| {
+                    let flags = endpoint.health.flags();
+                    let state = if flags & EJECTED != 0 {
+                        "ejected"
+                    } else if flags & HEALTH_CHECK_FAILED != 0 {
+                        "unhealthy"
+                    } else {
+                        "active"
+                    };
                     json!({
                         "address": endpoint.addr.to_string(),
                         "weight": weight,
-                        "state": "active",
+                        "priority": priorities.get(&(index as u32)).copied().unwrap_or(0),
+                        "state": state,
+                        "health_check": if cluster.health_check.is_none() {
+                            "none"
+                        } else if flags & HEALTH_CHECK_FAILED != 0 {
+                            "failing"
+                        } else {
+                            "passing"
+                        },
+                        "times_ejected": endpoint.health.times_ejected(),
                         "active_requests": endpoint.active_requests.load(Ordering::Relaxed),
                         "connections": endpoint.connections.load(Ordering::Relaxed),
                         "idle_connections": endpoint.idle.load(Ordering::Relaxed),
                     })
                 })
                 .collect();
+            let breaker = cluster.breaker.as_ref().map(|policy| {
+                let state = match policy.breaker.state(now) {
+                    BreakerState::Closed => "closed",
+                    BreakerState::Open => "open",
+                    BreakerState::HalfOpen => "half_open",
+                };
+                json!({ "state": state, "opened_total": policy.breaker.opened_total() })
+            });
+            let load = &cluster.state;
             json!({
                 "name": &*cluster.name,
                 "protocol": cluster.protocol,
                 "lb": cluster.lb,
+                "active_requests": load.requests.load(Ordering::Relaxed),
+                "pending_requests": load.pending.load(Ordering::Relaxed),
+                "active_retries": load.retries.load(Ordering::Relaxed),
+                "connections": load.connections.load(Ordering::Relaxed),
+                "breaker": breaker,
                 "endpoints": endpoints,
             })
         })

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::access_log::AccessLogger;
 use crate::admin;
 use crate::balance::hash64;
+use crate::health::HealthCheckers;
 use crate::listen::bind_group;
 use crate::metrics::{ConfigInfoLabels, Metrics, ReloadLabels};
 use crate::route::compile::compile;
@@ -245,6 +246,7 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
         listener_addrs: listener_addrs.clone(),
         generation: AtomicU64::new(1),
         control: control.clone(),
+        health_checks: HealthCheckers::default(),
     };
     let thread = std::thread::Builder::new()
         .name("edgeplane-control".into())
@@ -303,6 +305,7 @@ struct Controller {
     listener_addrs: Arc<Mutex<HashMap<String, SocketAddr>>>,
     generation: AtomicU64,
     control: mpsc::UnboundedSender<Control>,
+    health_checks: HealthCheckers,
 }
 
 impl Controller {
@@ -313,6 +316,7 @@ impl Controller {
         _watcher: Option<notify::RecommendedWatcher>,
     ) {
         let mut shutting_down = false;
+        self.health_checks.reconcile(&self.shared.table.load(), &self.shared.metrics);
         while let Some(command) = commands.recv().await {
             match command {
                 Control::Reload(reply) => {
@@ -454,6 +458,7 @@ impl Controller {
             self.listeners.insert(name, BoundListener { bind, slot });
         }
 
+        self.health_checks.reconcile(&live, &self.shared.metrics);
         let released = self.shared.registry.retain_endpoints(&live);
         if !released.is_empty() {
             for worker in &self.workers {

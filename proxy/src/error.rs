@@ -5,8 +5,18 @@
 //! (both paths) and HTTP/2 answer a failure the same way.
 
 use std::io;
+use std::sync::Arc;
+use std::time::Duration;
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::policy::request_limit::RequestLimiter;
+use crate::policy::Overload;
+use crate::route::BreakerPolicy;
+
+/// Names the cluster limit that refused a request.
+pub static OVERLOADED: HeaderName = HeaderName::from_static("x-edgeplane-overloaded");
 
 /// Why an upstream connection could not be made.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -19,6 +29,9 @@ pub enum ConnectError {
     Io(io::ErrorKind),
     #[error("HTTP/2 handshake failed: {0}")]
     Handshake(String),
+    /// A cluster limit refused the attempt before it was made.
+    #[error("cluster {} reached", .0.as_str())]
+    Overloaded(Overload),
 }
 
 impl ConnectError {
@@ -37,6 +50,7 @@ impl ConnectError {
             ConnectError::Refused => "refused",
             ConnectError::Io(_) => "error",
             ConnectError::Handshake(_) => "handshake",
+            ConnectError::Overloaded(_) => "overloaded",
         }
     }
 }
@@ -64,12 +78,22 @@ pub enum ProxyError {
     ListenerGone,
     #[error("{0} is not supported")]
     Unsupported(&'static str),
+    #[error("cluster {} reached", .0.as_str())]
+    Overloaded(Overload),
+    #[error("upstream refused the stream")]
+    RefusedStream,
+    #[error("circuit breaker open")]
+    Degraded(Arc<BreakerPolicy>),
+    #[error("rate limited")]
+    RateLimited(Arc<RequestLimiter>, Duration),
 }
 
 /// A response made by the proxy itself.
 pub struct LocalReply {
     pub status: StatusCode,
-    pub body: &'static str,
+    pub body: Bytes,
+    /// Headers beyond `content-type` and framing; empty for most replies.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Metric label (`edgeplane_http_local_replies_total{reason}`).
     pub reason: &'static str,
     /// Whether the client connection must be closed after the reply.
@@ -82,13 +106,41 @@ impl ProxyError {
     /// the client's fault, not the upstream's.
     pub fn from_exchange(error: &hyper::Error) -> Self {
         if error.is_user() {
-            ProxyError::BadRequest("invalid request body")
+            return ProxyError::BadRequest("invalid request body");
+        }
+        let refused = std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<h2::Error>())
+            .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        if refused {
+            ProxyError::RefusedStream
         } else {
             ProxyError::Upstream(error.to_string())
         }
     }
 
     pub fn reply(&self) -> LocalReply {
+        match self {
+            ProxyError::Overloaded(limit) | ProxyError::Connect(ConnectError::Overloaded(limit)) => {
+                return LocalReply {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    body: Bytes::from_static(b"upstream overloaded\n"),
+                    headers: vec![(OVERLOADED.clone(), HeaderValue::from_static(limit.as_str()))],
+                    reason: "overloaded",
+                    close: false,
+                };
+            }
+            ProxyError::Degraded(policy) => {
+                return LocalReply {
+                    status: policy.status,
+                    body: policy.body.clone(),
+                    headers: Vec::new(),
+                    reason: "degraded",
+                    close: false,
+                };
+            }
+            ProxyError::RateLimited(limiter, retry_after) => return limiter.reply(*retry_after),
+            _ => {}
+        }
         let (status, body, reason, close) = match self {
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no route\n", "no_route", false),
             ProxyError::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "no_endpoint", false),
@@ -109,7 +161,14 @@ impl ProxyError {
             ProxyError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request timeout\n", "request_timeout", true),
             ProxyError::ListenerGone => (StatusCode::SERVICE_UNAVAILABLE, "listener removed\n", "listener_gone", true),
             ProxyError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "not supported\n", "unsupported", false),
+            ProxyError::RefusedStream => {
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream refused the stream\n", "upstream_error", false)
+            }
+            // Answered above, with their own status, body and headers.
+            ProxyError::Overloaded(_) | ProxyError::Degraded(_) | ProxyError::RateLimited(..) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n", "overloaded", false)
+            }
         };
-        LocalReply { status, body, reason, close }
+        LocalReply { status, body: Bytes::from_static(body.as_bytes()), headers: Vec::new(), reason, close }
     }
 }

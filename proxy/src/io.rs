@@ -79,24 +79,38 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<S> {
 pub struct UpstreamStream {
     inner: TcpStream,
     endpoint: Arc<EndpointState>,
+    /// Requests started on this connection (for `max_requests_per_connection`).
+    served: u32,
 }
 
 impl UpstreamStream {
     pub fn new(inner: TcpStream, endpoint: Arc<EndpointState>) -> Self {
         endpoint.connections.fetch_add(1, Ordering::Relaxed);
+        endpoint.cluster_state.connections.fetch_add(1, Ordering::Relaxed);
         endpoint.metrics.connections_active.inc();
         endpoint.metrics.connections_total.inc();
-        UpstreamStream { inner, endpoint }
+        UpstreamStream { inner, endpoint, served: 0 }
     }
 
     pub fn tcp_mut(&mut self) -> &mut TcpStream {
         &mut self.inner
+    }
+
+    /// Counts a request started on this connection.
+    pub fn start_request(&mut self) {
+        self.served = self.served.saturating_add(1);
+    }
+
+    /// Whether the cluster lets this connection serve another request.
+    pub fn may_serve_more(&self) -> bool {
+        self.endpoint.cluster_state.connection_reusable(self.served)
     }
 }
 
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
         self.endpoint.connections.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.cluster_state.connections.fetch_sub(1, Ordering::Relaxed);
         self.endpoint.metrics.connections_active.dec();
     }
 }

@@ -15,8 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::detect::{detect, Detected};
 use crate::http::forward::ConnContext;
 use crate::http::h1;
-use crate::http::server::serve_http2;
+use crate::http::server::{serve_http1, serve_http2};
 use crate::io::{Metered, PrefixedIo};
+use crate::policy::throttle::BandwidthLimits;
 use crate::state::Shared;
 use crate::tcp;
 
@@ -73,6 +74,13 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
     let _connection = shared.connections.open();
     let table = shared.table.load_full();
     let Some(listener) = table.listener(slot).cloned() else { return };
+    if let Some(bucket) = &listener.connection_rate_limit {
+        if bucket.try_acquire(tokio::time::Instant::now()).is_err() {
+            // Over the rate: close at once, before reading anything.
+            listener.metrics.local_reply("rate_limited");
+            return;
+        }
+    }
     listener.metrics.active.inc();
     let _active = scopeguard(|| {
         listener.metrics.active.dec();
@@ -96,6 +104,15 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
     let context = |downstream| Arc::new(ConnContext { shared: shared.clone(), slot, client, downstream });
     match detected {
         Detected::Closed => {}
+        Detected::Http1 if listener.bandwidth.is_some() => {
+            // The fast path writes to the socket itself; paced connections
+            // are served by hyper over a throttled stream.
+            listener.metrics.accepted_http1.inc();
+            let io = PrefixedIo::new(buffer, stream);
+            let io = Metered::new(io, listener.metrics.bytes_rx.clone(), listener.metrics.bytes_tx.clone());
+            let io = BandwidthLimits::wrap(listener.bandwidth.as_ref(), io);
+            serve_http1(io, context(Version::HTTP_11), &listener.http).await;
+        }
         Detected::Http1 => {
             listener.metrics.accepted_http1.inc();
             h1::serve(stream, buffer, shared.clone(), slot, client).await;
@@ -104,6 +121,7 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
             listener.metrics.accepted_http2.inc();
             let io = PrefixedIo::new(buffer, stream);
             let io = Metered::new(io, listener.metrics.bytes_rx.clone(), listener.metrics.bytes_tx.clone());
+            let io = BandwidthLimits::wrap(listener.bandwidth.as_ref(), io);
             serve_http2(io, context(Version::HTTP_2), &listener.http).await;
         }
         Detected::Tcp if listener.protocol == ListenerProtocol::Http => {

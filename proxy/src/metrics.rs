@@ -67,6 +67,18 @@ pub struct ConnectErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub cluster: String,
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub cluster: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub listener: String,
     pub cluster: String,
@@ -149,6 +161,10 @@ pub struct Metrics {
     pub upstream_connect_errors: Family<ConnectErrorLabels, Counter>,
     pub upstream_requests_active: Family<ClusterLabels, Gauge>,
     pub pool_idle: Family<ClusterLabels, Gauge>,
+    pub upstream_overflow: Family<LimitLabels, Counter>,
+    pub upstream_ejections: Family<ClusterLabels, Counter>,
+    pub upstream_retries: Family<ClusterLabels, Counter>,
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_generation: Gauge,
     pub config_last_success: Gauge,
@@ -177,6 +193,10 @@ impl Metrics {
             upstream_connect_errors: Family::default(),
             upstream_requests_active: Family::default(),
             pool_idle: Family::default(),
+            upstream_overflow: Family::default(),
+            upstream_ejections: Family::default(),
+            upstream_retries: Family::default(),
+            endpoint_healthy: Family::default(),
             config_reloads: Family::default(),
             config_generation: Gauge::default(),
             config_last_success: Gauge::default(),
@@ -242,6 +262,22 @@ impl Metrics {
             "upstream_pool_idle_connections",
             "Idle pooled HTTP/1 upstream connections",
             metrics.pool_idle.clone(),
+        );
+        registry.register(
+            "upstream_overflow",
+            "Requests refused because a cluster limit was full, by limit",
+            metrics.upstream_overflow.clone(),
+        );
+        registry.register(
+            "upstream_ejections",
+            "Endpoints ejected by outlier detection",
+            metrics.upstream_ejections.clone(),
+        );
+        registry.register("upstream_retries", "Retries sent to a cluster", metrics.upstream_retries.clone());
+        registry.register(
+            "upstream_endpoint_healthy",
+            "1 while an endpoint passes its active health checks, 0 while it fails them",
+            metrics.endpoint_healthy.clone(),
         );
         registry.register(
             "config_reloads",

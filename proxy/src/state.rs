@@ -3,6 +3,7 @@
 //! The route table is swapped as a whole; everything else here lives for the
 //! process and is keyed by stable identity so it survives reloads.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,6 +15,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::access_log::AccessLogger;
 use crate::metrics::Metrics;
+use crate::policy::ClusterState;
 use crate::route::{EndpointState, RouteTable};
 
 pub struct Shared {
@@ -31,7 +33,12 @@ pub struct Shared {
 pub struct Registry {
     listeners: Mutex<HashMap<String, usize>>,
     endpoints: Mutex<EndpointMap>,
+    clusters: Mutex<HashMap<String, Arc<ClusterState>>>,
+    policies: Mutex<HashMap<String, PolicyEntry>>,
 }
+
+/// A stateful policy and the hash of the config it was made from.
+type PolicyEntry = (u64, Arc<dyn Any + Send + Sync>);
 
 #[derive(Default)]
 struct EndpointMap {
@@ -67,6 +74,34 @@ impl Registry {
         state
     }
 
+    /// The load and limit counters of a cluster, by name.
+    pub fn cluster_state(&self, name: &str) -> Arc<ClusterState> {
+        let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        clusters.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// The state of a stateful policy (a breaker, a rate limiter): the one
+    /// already running when its config (`config_hash`) is unchanged, else a
+    /// new one. The flag says whether it is new.
+    pub fn policy_state<T: Any + Send + Sync>(
+        &self,
+        key: String,
+        config_hash: u64,
+        make: impl FnOnce() -> T,
+    ) -> (Arc<T>, bool) {
+        let mut policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((hash, existing)) = policies.get(&key) {
+            if *hash == config_hash {
+                if let Ok(existing) = existing.clone().downcast::<T>() {
+                    return (existing, false);
+                }
+            }
+        }
+        let state = Arc::new(make());
+        policies.insert(key, (config_hash, state.clone()));
+        (state, true)
+    }
+
     /// Forgets endpoints that the live table no longer uses, so their pools
     /// can be dropped. Returns the ids that were released.
     pub fn retain_endpoints(&self, live: &RouteTable) -> Vec<usize> {
@@ -77,10 +112,14 @@ impl Registry {
         map.by_key.retain(|_, state| {
             let keep = in_use.contains(&state.id);
             if !keep {
+                // Its availability no longer counts in the cluster.
+                state.health.reset(&state.cluster_state);
                 released.push(state.id);
             }
             keep
         });
+        let live_clusters: std::collections::HashSet<&str> = live.clusters.iter().map(|c| &*c.name).collect();
+        self.clusters.lock().unwrap_or_else(|e| e.into_inner()).retain(|name, _| live_clusters.contains(name.as_str()));
         released
     }
 }

@@ -12,6 +12,8 @@ use tokio::time::Instant;
 
 use crate::access_log::{millis, TcpRecord};
 use crate::balance::PickInput;
+use crate::policy::outlier::TryOutcome;
+use crate::policy::throttle::BandwidthLimits;
 use crate::route::{InFlight, ListenerTable, RouteTable};
 use crate::state::Shared;
 use crate::upstream;
@@ -66,10 +68,16 @@ pub async fn relay(
     let mut upstream = match upstream::connect(&endpoint, cluster.connect_timeout).await {
         Ok(stream) => stream,
         Err(error) => {
+            if !matches!(error, crate::error::ConnectError::Overloaded(_)) {
+                cluster.observe(&endpoint, TryOutcome::ConnectFailure);
+            }
             log(Some(endpoint.addr), 0, 0, Some(error.to_string()));
             return;
         }
     };
+    // For outlier detection a connection counts as a success once it is
+    // made; what happens on it later is the application's business.
+    cluster.observe(&endpoint, TryOutcome::Response(200));
 
     let Some(counters) = &target.tcp_bytes else {
         return;
@@ -87,7 +95,10 @@ pub async fn relay(
         }
     }
     if outcome.is_none() {
-        let (mut client_read, mut client_write) = client.split();
+        let (client_read, client_write) = client.split();
+        let limits = listener.bandwidth.as_ref();
+        let mut client_read = BandwidthLimits::wrap(limits, client_read);
+        let mut client_write = BandwidthLimits::wrap(limits, client_write);
         let (mut upstream_read, mut upstream_write) = upstream.tcp_mut().split();
         let activity = Activity::new();
         let to_upstream = pipe(&mut client_read, &mut upstream_write, &rx, rx_counter, &activity);

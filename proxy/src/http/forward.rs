@@ -20,9 +20,13 @@ use crate::access_log::{millis, HttpRecord};
 use crate::balance::PickInput;
 use crate::error::ProxyError;
 use crate::metrics::RequestMetrics;
+use crate::policy::breaker::Admission;
+use crate::policy::outlier::TryOutcome;
+use crate::policy::request_limit;
+use crate::policy::retry::Failure;
 use crate::pool::{self, PoolGuard};
 use crate::route::matcher::RequestView;
-use crate::route::{ClusterTable, InFlight, ListenerTable, Route, RouteTable};
+use crate::route::{ClusterRequest, ClusterTable, InFlight, ListenerTable, Route, RouteTable};
 use crate::state::Shared;
 use config_model::ClusterProtocol;
 
@@ -96,36 +100,121 @@ pub async fn handle(
     let target = route.split.pick();
     let cluster = &table.clusters[target.cluster];
     let context = Some((&*table, &**listener, &target.metrics, &*route.name, &*cluster.name));
-    let hash_header = cluster.hash_header.as_ref().and_then(|name| parts.headers.get(name)).map(HeaderValue::as_bytes);
-    let pick = PickInput { client_ip: conn.client.ip(), hash_header };
-    let Some(endpoint) = cluster.pick(&pick).cloned() else {
+    if let Err(error) = admit(listener, route, cluster, &conn, &parts).await {
+        return Ok(local_reply(&conn, context, started, &log, error));
+    }
+    let ticket = match &cluster.breaker {
+        None => None,
+        Some(policy) => match policy.breaker.admit(Instant::now()) {
+            Admission::Pass(ticket) => Some(ticket),
+            Admission::Reject => {
+                return Ok(local_reply(&conn, context, started, &log, ProxyError::Degraded(policy.clone())));
+            }
+        },
+    };
+    let cluster_request = match ClusterRequest::admit(cluster) {
+        Ok(admitted) => admitted,
+        Err(limit) => return Ok(local_reply(&conn, context, started, &log, ProxyError::Overloaded(limit))),
+    };
+    let retry_policy = route.retry.as_ref().filter(|_| upgrade.is_none());
+    let idempotent = is_idempotent(&parts.method);
+    // A request that may be retried needs its body again: a small one is
+    // read whole first; a large or streaming one is only retried when it
+    // never left (connect failures), which `Failure::Connect` covers below.
+    let (body, replayable) = match retry_policy {
+        Some(_) => match buffer_small_body(&parts, body).await {
+            Ok(buffered) => buffered,
+            Err(error) => return Ok(local_reply(&conn, context, started, &log, error)),
+        },
+        None => (ProxyBody::Incoming(body), false),
+    };
+    // The ring-hash key outlives `parts`, which the upstream request takes.
+    let hash_header = cluster.hash_header.as_ref().and_then(|name| parts.headers.get(name)).cloned();
+    let pick = PickInput { client_ip: conn.client.ip(), hash_header: hash_header.as_ref().map(HeaderValue::as_bytes) };
+    let Some(first_endpoint) = cluster.pick(&pick).cloned() else {
         return Ok(local_reply(&conn, context, started, &log, ProxyError::NoEndpoint));
     };
-    let in_flight = InFlight::start(&endpoint);
+    let request =
+        match upstream_request(parts, body, &conn, listener, route, cluster, first_endpoint.addr, upgrade.is_some()) {
+            Ok(request) => request,
+            Err(error) => return Ok(local_reply(&conn, context, started, &log, error)),
+        };
+    let template = replayable.then(|| RequestTemplate::of(&request));
+    let mut request = Some(request);
 
-    let request = match upstream_request(parts, body, &conn, listener, route, cluster, endpoint.addr, upgrade.is_some())
-    {
-        Ok(request) => request,
-        Err(error) => return Ok(local_reply(&conn, context, started, &log, error)),
-    };
-    let exchange = async {
-        if upgrade.is_some() {
-            if cluster.protocol == ClusterProtocol::Http2 {
-                return Err(ProxyError::Unsupported("upgrade to an HTTP/2 cluster"));
+    let deadline = route.timeout.map(|limit| started + limit);
+    let mut endpoint = first_endpoint;
+    let mut retry = 0;
+    let mut _retry_slot = None;
+    let (mut response, lease, in_flight) = loop {
+        let in_flight = InFlight::start(&endpoint);
+        let Some(this_try) = request.take().or_else(|| template.as_ref().map(RequestTemplate::build)) else {
+            return Ok(local_reply(&conn, context, started, &log, ProxyError::NoEndpoint));
+        };
+        let exchange = async {
+            if upgrade.is_some() {
+                if cluster.protocol == ClusterProtocol::Http2 {
+                    return Err(ProxyError::Unsupported("upgrade to an HTTP/2 cluster"));
+                }
+                let response = pool::send_upgrade(&endpoint, cluster.connect_timeout, this_try).await?;
+                Ok((response.map(ProxyBody::Incoming), PoolGuard::None))
+            } else {
+                pool::send(&endpoint, &cluster.pool, cluster.connect_timeout, this_try).await
             }
-            let response = pool::send_upgrade(&endpoint, cluster.connect_timeout, request).await?;
-            Ok((response.map(ProxyBody::Incoming), PoolGuard::None))
-        } else {
-            pool::send(&endpoint, &cluster.pool, cluster.connect_timeout, request).await
+        };
+        let try_deadline = match retry_policy.and_then(|policy| policy.per_try_timeout) {
+            Some(per_try) => Some(deadline.map_or(Instant::now() + per_try, |d| d.min(Instant::now() + per_try))),
+            None => deadline,
+        };
+        let result = match try_deadline {
+            Some(at) => tokio::time::timeout_at(at, exchange).await.unwrap_or(Err(ProxyError::UpstreamTimeout)),
+            None => exchange.await,
+        };
+        let failure = match &result {
+            Ok((response, _)) => Failure::Status(response.status().as_u16()),
+            Err(error) => match Failure::of(error) {
+                Some(failure) => failure,
+                None => break_with_error!(conn, context, started, log, result),
+            },
+        };
+        cluster.observe(
+            &endpoint,
+            match failure {
+                Failure::Status(status) => TryOutcome::Response(status),
+                Failure::Connect => TryOutcome::ConnectFailure,
+                _ => TryOutcome::Failure,
+            },
+        );
+        if let Some(policy) = retry_policy {
+            let time_left = deadline.is_none_or(|d| Instant::now() < d);
+            let can_resend = template.is_some() || !failure.request_may_have_been_processed() && request.is_some();
+            if time_left && can_resend {
+                if let Some(slot) = policy.admit(retry + 1, failure, idempotent, &cluster.state) {
+                    retry += 1;
+                    endpoint.metrics.retries.inc();
+                    drop(result);
+                    let backoff = policy.backoff(retry);
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.min(Instant::now() + backoff)).await,
+                        None => tokio::time::sleep(backoff).await,
+                    }
+                    _retry_slot = Some(slot);
+                    if let Some(next) = cluster.pick(&pick) {
+                        let avoid_previous = next.id == endpoint.id && cluster.endpoints.len() > 1;
+                        endpoint = if avoid_previous { cluster.pick(&pick).unwrap_or(next) } else { next }.clone();
+                    }
+                    continue;
+                }
+            }
         }
-    };
-    let result = match route.timeout {
-        Some(limit) => tokio::time::timeout(limit, exchange).await.unwrap_or(Err(ProxyError::UpstreamTimeout)),
-        None => exchange.await,
-    };
-    let (mut response, lease) = match result {
-        Ok(exchange) => exchange,
-        Err(error) => return Ok(local_reply(&conn, context, started, &log, error)),
+        if let (Some(ticket), Some(policy)) = (ticket, &cluster.breaker) {
+            let error = !matches!(failure, Failure::Status(status) if status < 500);
+            ticket.record(&policy.breaker, Instant::now(), error, started.elapsed());
+        }
+        match result {
+            Ok((response, lease)) => break (response, lease, in_flight.holding(cluster_request)),
+            Err(error) => return Ok(local_reply(&conn, context, started, &log, error)),
+        }
     };
 
     let status = response.status();
@@ -143,13 +232,99 @@ pub async fn handle(
     Ok(response.map(|body| ResponseBody::upstream(body, lease, in_flight)))
 }
 
+/// Answers with the error a try ended in when no retry can help.
+macro_rules! break_with_error {
+    ($conn:expr, $context:expr, $started:expr, $log:expr, $result:expr) => {
+        match $result {
+            Err(error) => return Ok(local_reply(&$conn, $context, $started, &$log, error)),
+            Ok(_) => return Ok(local_reply(&$conn, $context, $started, &$log, ProxyError::NoEndpoint)),
+        }
+    };
+}
+use break_with_error;
+
+/// Largest request body held in memory so that a retry can send it again.
+const MAX_REPLAYABLE_BODY: u64 = 64 * 1024;
+
+/// Reads a small request body whole, so a retry can resend it. Returns the
+/// body to send and whether it can be sent again.
+async fn buffer_small_body(parts: &http::request::Parts, body: Incoming) -> Result<(ProxyBody, bool), ProxyError> {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    if body.is_end_stream() {
+        return Ok((ProxyBody::empty(), true));
+    }
+    let small = body.size_hint().upper().is_some_and(|upper| upper <= MAX_REPLAYABLE_BODY);
+    if !small || parts.headers.contains_key(header::EXPECT) {
+        return Ok((ProxyBody::Incoming(body), false));
+    }
+    let collected = body.collect().await.map_err(|_| ProxyError::BadRequest("invalid request body"))?;
+    Ok((ProxyBody::Full(Some(collected.to_bytes())), true))
+}
+
+/// What is needed to send a request again: the head and the buffered body.
+struct RequestTemplate {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    body: Option<bytes::Bytes>,
+}
+
+impl RequestTemplate {
+    fn of(request: &Request<ProxyBody>) -> Self {
+        let body = match request.body() {
+            ProxyBody::Full(bytes) => bytes.clone(),
+            _ => None,
+        };
+        RequestTemplate {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            body,
+        }
+    }
+
+    fn build(&self) -> Request<ProxyBody> {
+        let mut request = Request::new(ProxyBody::Full(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// Applies the rate limits the request meets (listener, route, cluster).
+async fn admit(
+    listener: &ListenerTable,
+    route: &Route,
+    cluster: &ClusterTable,
+    conn: &ConnContext,
+    parts: &http::request::Parts,
+) -> Result<(), ProxyError> {
+    if listener.rate_limit.is_none() && route.rate_limit.is_none() && cluster.rate_limit.is_none() {
+        return Ok(());
+    }
+    let limiters = [&listener.rate_limit, &route.rate_limit, &cluster.rate_limit].into_iter().flatten();
+    request_limit::admit(limiters, conn.client.ip(), |name| parts.headers.get(name).map(HeaderValue::as_bytes))
+        .await
+        .map_err(|(limiter, retry_after)| ProxyError::RateLimited(limiter, retry_after))
+}
+
 /// Rewrites a client request for the upstream: hop-by-hop headers out,
 /// forwarding headers and route edits in, URI and `Host` in the form the
 /// upstream protocol wants.
 #[allow(clippy::too_many_arguments)]
 fn upstream_request(
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: ProxyBody,
     conn: &ConnContext,
     listener: &ListenerTable,
     route: &Route,
@@ -194,7 +369,7 @@ fn upstream_request(
             parts.version = Version::HTTP_2;
         }
     }
-    Ok(Request::from_parts(parts, ProxyBody::Incoming(body)))
+    Ok(Request::from_parts(parts, body))
 }
 
 fn finish_response<B>(response: &mut Response<B>, route: &Route, conn: &ConnContext, switching: bool) {
@@ -336,10 +511,13 @@ fn local_reply(
     let reply = error.reply();
     tracing::debug!(client = %conn.client, %error, status = reply.status.as_u16(), "local reply");
     record(conn, context, started, log, reply.status.as_u16(), None, Some(reply.reason));
-    let mut response = Response::new(ResponseBody::local(ProxyBody::text(reply.body)));
+    let mut response = Response::new(ResponseBody::local(ProxyBody::Full(Some(reply.body))));
     *response.status_mut() = reply.status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    for (name, value) in reply.headers {
+        headers.append(name, value);
+    }
     if conn.downstream != Version::HTTP_2 && (reply.close || conn.shared.lifecycle.is_draining()) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -32,6 +32,9 @@ pub fn checkout(endpoint: &Arc<EndpointState>, settings: &PoolSettings) -> Optio
 
 /// Returns a connection whose last exchange ended cleanly.
 pub fn checkin(endpoint: &Arc<EndpointState>, connection: UpstreamStream) {
+    if !connection.may_serve_more() {
+        return;
+    }
     // The thread-local may be gone while the worker shuts down.
     let _ = POOLS.try_with(|pools| pools.borrow_mut().raw(endpoint.id).put(connection, Instant::now()));
 }

@@ -14,9 +14,14 @@ use super::matcher::{anchored, HeaderCheck, HostMatcher, PathMatcher, RouteMatch
 use super::*;
 use crate::balance::Balancer;
 use crate::metrics::{
-    ClusterLabels, ConnectErrorLabels, ConnectionLabels, DirectionLabels, ListenerLabels, LocalReplyLabels, Metrics,
-    RequestMetrics, TcpLabels,
+    ClusterLabels, ConnectErrorLabels, ConnectionLabels, DirectionLabels, LimitLabels, ListenerLabels,
+    LocalReplyLabels, Metrics, RequestMetrics, TcpLabels,
 };
+use crate::policy::breaker::{BreakerSettings, DegradeBreaker};
+use crate::policy::limits::OVERLOAD_REASONS;
+use crate::policy::outlier::OutlierSettings;
+use crate::policy::request_limit::RequestLimiter;
+use crate::policy::retry::RetryPolicy;
 use crate::state::Registry;
 
 /// Why a validated config could still not be compiled.
@@ -29,8 +34,11 @@ pub enum CompileError {
 }
 
 /// Every local-reply reason, so each listener's series exist from the start.
-pub const LOCAL_REPLY_REASONS: [&str; 10] = [
+pub const LOCAL_REPLY_REASONS: [&str; 13] = [
     "no_route",
+    "overloaded",
+    "degraded",
+    "rate_limited",
     "no_endpoint",
     "connect_timeout",
     "connect_error",
@@ -67,7 +75,7 @@ pub fn compile(
         if listeners.len() <= slot {
             listeners.resize_with(slot + 1, || None);
         }
-        listeners[slot] = Some(Arc::new(compile_listener(&path, listener, &cluster_index, metrics)?));
+        listeners[slot] = Some(Arc::new(compile_listener(&path, listener, &cluster_index, registry, metrics)?));
     }
 
     Ok(RouteTable {
@@ -107,31 +115,45 @@ fn compile_cluster(
             let labels = ConnectErrorLabels { cluster: cluster.name.clone(), reason };
             metrics.upstream_connect_errors.get_or_create(&labels).clone()
         }),
+        ejections: metrics.upstream_ejections.get_or_create(&labels).clone(),
+        retries: metrics.upstream_retries.get_or_create(&labels).clone(),
     };
+    let state = registry.cluster_state(&cluster.name);
+    state.configure(
+        &cluster.limits,
+        OVERLOAD_REASONS.map(|limit| {
+            let labels = LimitLabels { cluster: cluster.name.clone(), limit };
+            metrics.upstream_overflow.get_or_create(&labels).clone()
+        }),
+    );
 
     let mut endpoints = Vec::new();
     let mut weights = Vec::new();
+    let mut priorities = Vec::new();
     let mut keys = Vec::new();
     for (e, endpoint) in cluster.endpoints.iter().enumerate() {
         let endpoint_path = format!("{path}.endpoints[{e}]");
         let addrs = resolve(&endpoint_path, endpoint.address())?;
         for addr in addrs {
-            let state = registry.endpoint(&cluster.name, addr, cluster.protocol, |id| EndpointState {
+            let endpoint_state = registry.endpoint(&cluster.name, addr, cluster.protocol, |id| EndpointState {
                 id,
                 cluster: name.clone(),
                 addr,
                 protocol: cluster.protocol,
                 active_requests: AtomicU32::new(0),
+                health: Default::default(),
+                cluster_state: state.clone(),
                 connections: AtomicU32::new(0),
                 idle: AtomicU32::new(0),
                 metrics: cluster_metrics.clone(),
             });
             // One name may resolve to an address listed separately too.
-            if endpoints.iter().any(|known: &Arc<EndpointState>| known.id == state.id) {
+            if endpoints.iter().any(|known: &Arc<EndpointState>| known.id == endpoint_state.id) {
                 continue;
             }
-            endpoints.push(state);
+            endpoints.push(endpoint_state);
             weights.push(endpoint.weight());
+            priorities.push(endpoint.priority());
             keys.push(addr.to_string());
         }
     }
@@ -143,6 +165,59 @@ fn compile_cluster(
         _ => None,
     };
 
+    let outlier = match &cluster.outlier_detection {
+        Some(outlier) => {
+            let p = format!("{path}.outlier_detection");
+            Some(OutlierSettings {
+                consecutive_5xx: outlier.consecutive_5xx,
+                consecutive_gateway_errors: outlier.consecutive_gateway_errors,
+                consecutive_connect_failures: outlier.consecutive_connect_failures,
+                base_ejection_time: duration(&format!("{p}.base_ejection_time"), &outlier.base_ejection_time)?,
+                max_ejection_time: duration(&format!("{p}.max_ejection_time"), &outlier.max_ejection_time)?,
+                max_ejection_percent: outlier.max_ejection_percent,
+            })
+        }
+        None => None,
+    };
+    // A new or changed outlier policy starts from a clean slate; so does a
+    // cluster that drops it (nothing would ever return its ejected endpoints).
+    let (_, outlier_changed) = registry.policy_state(
+        format!("cluster/{}/outlier", cluster.name),
+        policy_hash(&cluster.outlier_detection),
+        || (),
+    );
+    if outlier_changed {
+        for endpoint in &endpoints {
+            endpoint.health.reset_outlier(&state);
+        }
+    }
+    let breaker = match &cluster.breaker {
+        Some(config) => {
+            let p = format!("{path}.breaker");
+            let settings = BreakerSettings {
+                stat_window: duration(&format!("{p}.stat_window"), &config.stat_window)?,
+                min_requests: config.min_requests,
+                error_count: config.error_count,
+                error_ratio: config.error_ratio,
+                slow_time: duration(&format!("{p}.slow_time"), &config.slow_time)?,
+                slow_count: config.slow_count,
+                slow_ratio: config.slow_ratio,
+                degraded_window: duration(&format!("{p}.degraded_window"), &config.degraded_window)?,
+            };
+            let (breaker, _) =
+                registry.policy_state(format!("cluster/{}/breaker", cluster.name), policy_hash(config), || {
+                    DegradeBreaker::new(settings, tokio::time::Instant::now())
+                });
+            Some(Arc::new(BreakerPolicy {
+                breaker,
+                status: http::StatusCode::from_u16(config.degraded_status)
+                    .map_err(|e| invalid(&format!("{p}.degraded_status"), e))?,
+                body: bytes::Bytes::from(config.degraded_body.clone()),
+            }))
+        }
+        None => None,
+    };
+
     Ok(ClusterTable {
         name,
         protocol: cluster.protocol,
@@ -152,12 +227,49 @@ fn compile_cluster(
             max_idle: cluster.pool.max_idle_per_endpoint as usize,
             max_streams: cluster.pool.max_concurrent_streams,
         },
-        balancer: Balancer::new(cluster.lb, &weights, &keys),
+        levels: levels(cluster.lb, &weights, &priorities, &keys),
+        overprovisioning_percent: (cluster.overprovisioning_factor * 100.0).round() as u32,
+        outlier,
+        breaker,
+        rate_limit: request_limiter(
+            registry,
+            &format!("{path}.rate_limit"),
+            format!("cluster/{}", cluster.name),
+            cluster.rate_limit.as_ref(),
+        )?,
+        health_check: match &cluster.health_check {
+            Some(check) => Some(
+                crate::health::HealthCheckSpec::compile(check, policy_hash(check))
+                    .map_err(|m| invalid(&format!("{path}.health_check"), m))?,
+            ),
+            None => None,
+        },
+        state,
         lb: cluster.lb,
         weights: weights.into_boxed_slice(),
         endpoints: endpoints.into_boxed_slice(),
         hash_header,
     })
+}
+
+/// Groups endpoints by priority, lowest first, each level with its own balancer.
+fn levels(lb: LbPolicy, weights: &[u32], priorities: &[u32], keys: &[String]) -> Box<[Level]> {
+    let mut distinct: Vec<u32> = priorities.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.is_empty() {
+        distinct.push(0);
+    }
+    distinct
+        .into_iter()
+        .map(|priority| {
+            let members: Vec<u32> =
+                (0..priorities.len() as u32).filter(|i| priorities[*i as usize] == priority).collect();
+            let level_weights: Vec<u32> = members.iter().map(|i| weights[*i as usize]).collect();
+            let level_keys: Vec<String> = members.iter().map(|i| keys[*i as usize].clone()).collect();
+            Level { priority, balancer: Balancer::new(lb, &level_weights, &level_keys), members: members.into() }
+        })
+        .collect()
 }
 
 fn resolve(path: &str, address: &config_model::UpstreamAddress) -> Result<Vec<SocketAddr>, CompileError> {
@@ -186,6 +298,7 @@ fn compile_listener(
     path: &str,
     listener: &config_model::Listener,
     clusters: &HashMap<&str, usize>,
+    registry: &Registry,
     metrics: &Metrics,
 ) -> Result<ListenerTable, CompileError> {
     let name: Arc<str> = listener.name.as_str().into();
@@ -197,6 +310,7 @@ fn compile_listener(
             &listener.name,
             route,
             clusters,
+            registry,
             metrics,
         )?);
     }
@@ -244,16 +358,48 @@ fn compile_listener(
                 metrics.http_local_replies.get_or_create(&labels).clone()
             }),
         },
+        rate_limit: request_limiter(
+            registry,
+            &format!("{path}.rate_limit"),
+            format!("listener/{}", listener.name),
+            listener.rate_limit.as_ref(),
+        )?,
+        connection_rate_limit: match &listener.connection_rate_limit {
+            Some(limit) => {
+                let per = duration(&format!("{path}.connection_rate_limit.per"), &limit.per)?;
+                let burst = limit.burst.unwrap_or(limit.connections);
+                let key = format!("listener/{}/connections", listener.name);
+                let (bucket, _) = registry.policy_state(key, policy_hash(limit), || {
+                    crate::policy::rate_limit::TokenBucket::new(
+                        limit.connections,
+                        per,
+                        burst,
+                        tokio::time::Instant::now(),
+                    )
+                });
+                Some(bucket)
+            }
+            None => None,
+        },
+        bandwidth: crate::policy::throttle::BandwidthLimits::compile(
+            &listener.bandwidth,
+            registry,
+            &format!("listener/{}/bandwidth", listener.name),
+            policy_hash(&listener.bandwidth),
+        )
+        .map_err(|m| invalid(&format!("{path}.bandwidth"), m))?,
         name,
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compile_route(
     path: &str,
     index: usize,
     listener: &str,
     route: &config_model::Route,
     clusters: &HashMap<&str, usize>,
+    registry: &Registry,
     metrics: &Metrics,
 ) -> Result<Route, CompileError> {
     let name: Arc<str> = match &route.name {
@@ -336,14 +482,41 @@ fn compile_route(
         None => Some(config_model::defaults::route_timeout()),
     };
     Ok(Route {
-        name,
+        name: name.clone(),
         matcher,
         direct,
         split: Split::new(targets),
         timeout,
         request_edits: header_edits(&format!("{path}.request_headers"), &route.request_headers)?,
         response_edits: header_edits(&format!("{path}.response_headers"), &route.response_headers)?,
+        retry: match &route.retry {
+            Some(retry) => Some(RetryPolicy::compile(retry).map_err(|m| invalid(&format!("{path}.retry"), m))?),
+            None => None,
+        },
+        rate_limit: request_limiter(
+            registry,
+            &format!("{path}.rate_limit"),
+            format!("route/{listener}/{name}"),
+            route.rate_limit.as_ref(),
+        )?,
     })
+}
+
+/// Hash of a policy's config, so its running state is kept while it is unchanged.
+fn policy_hash<T: serde::Serialize>(policy: &T) -> u64 {
+    let text = serde_json::to_vec(policy).unwrap_or_default();
+    crate::balance::hash64(&text)
+}
+
+fn request_limiter(
+    registry: &Registry,
+    path: &str,
+    key: String,
+    limit: Option<&config_model::RateLimit>,
+) -> Result<Option<Arc<RequestLimiter>>, CompileError> {
+    let Some(limit) = limit else { return Ok(None) };
+    let compiled = RequestLimiter::compile(limit).map_err(|m| invalid(path, m))?;
+    Ok(Some(registry.policy_state(key, policy_hash(limit), || compiled).0))
 }
 
 fn header_edits(path: &str, edits: &config_model::HeaderEdits) -> Result<HeaderEdits, CompileError> {

@@ -22,6 +22,11 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::balance::{Balancer, PickInput};
 use crate::metrics::RequestMetrics;
+use crate::policy::breaker::DegradeBreaker;
+use crate::policy::outlier::{EndpointHealth, OutlierSettings};
+use crate::policy::request_limit::RequestLimiter;
+use crate::policy::retry::RetryPolicy;
+use crate::policy::ClusterState;
 use matcher::{RequestView, RouteMatcher};
 
 pub struct RouteTable {
@@ -54,6 +59,9 @@ pub struct ListenerTable {
     /// The route opaque TCP connections take: the first without HTTP criteria.
     pub tcp_route: Option<usize>,
     pub metrics: ListenerMetrics,
+    pub rate_limit: Option<Arc<RequestLimiter>>,
+    pub connection_rate_limit: Option<Arc<crate::policy::rate_limit::TokenBucket>>,
+    pub bandwidth: Option<crate::policy::throttle::BandwidthLimits>,
 }
 
 impl ListenerTable {
@@ -102,6 +110,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub request_edits: HeaderEdits,
     pub response_edits: HeaderEdits,
+    pub retry: Option<RetryPolicy>,
+    pub rate_limit: Option<Arc<RequestLimiter>>,
 }
 
 /// A response the proxy makes itself.
@@ -205,15 +215,102 @@ pub struct ClusterTable {
     /// Weight of each endpoint, in `endpoints` order.
     pub weights: Box<[u32]>,
     pub lb: config_model::LbPolicy,
-    pub balancer: Balancer,
+    /// Priority levels, lowest (preferred) first; most clusters have one.
+    pub levels: Box<[Level]>,
+    /// Envoy's overprovisioning factor, in percent (140 = 1.4).
+    pub overprovisioning_percent: u32,
     /// Header whose value `ring_hash` hashes.
     pub hash_header: Option<HeaderName>,
+    /// Load, limits and availability counts; survives reloads.
+    pub state: Arc<ClusterState>,
+    pub outlier: Option<OutlierSettings>,
+    pub breaker: Option<Arc<BreakerPolicy>>,
+    pub rate_limit: Option<Arc<RequestLimiter>>,
+    pub health_check: Option<crate::health::HealthCheckSpec>,
 }
+
+/// The endpoints of one priority level and their balancer.
+pub struct Level {
+    pub priority: u32,
+    /// Indexes into [`ClusterTable::endpoints`].
+    pub members: Box<[u32]>,
+    pub balancer: Balancer,
+}
+
+/// A cluster's degrade breaker and the response it gives while open.
+#[derive(Debug)]
+pub struct BreakerPolicy {
+    pub breaker: Arc<DegradeBreaker>,
+    pub status: http::StatusCode,
+    pub body: bytes::Bytes,
+}
+
+/// Most tries at finding an available endpoint with the balancer before
+/// scanning for one.
+const PICK_TRIES: usize = 3;
 
 impl ClusterTable {
     pub fn pick(&self, input: &PickInput<'_>) -> Option<&Arc<EndpointState>> {
-        let index = self.balancer.pick(input, |i| self.endpoints[i].active_requests.load(Ordering::Relaxed))?;
-        self.endpoints.get(index)
+        if self.state.unavailable.load(Ordering::Relaxed) == 0 {
+            // Everything is available: the preferred level takes all traffic.
+            return self.pick_in(self.levels.first()?, input);
+        }
+        self.pick_degraded(input)
+    }
+
+    fn pick_in(&self, level: &Level, input: &PickInput<'_>) -> Option<&Arc<EndpointState>> {
+        let member = level
+            .balancer
+            .pick(input, |i| self.endpoints[level.members[i] as usize].active_requests.load(Ordering::Relaxed))?;
+        self.endpoints.get(level.members[member] as usize)
+    }
+
+    /// Some endpoints are unavailable: spread traffic over the levels by
+    /// their health (Envoy's priority load), then pick an available endpoint
+    /// in the chosen level.
+    fn pick_degraded(&self, input: &PickInput<'_>) -> Option<&Arc<EndpointState>> {
+        let level = self.choose_level()?;
+        for _ in 0..PICK_TRIES {
+            let endpoint = self.pick_in(level, input)?;
+            if endpoint.health.is_available() {
+                return Some(endpoint);
+            }
+        }
+        // The balancer keeps landing on unavailable endpoints (ring hash
+        // always will): take the next available member after a random start.
+        let start = fastrand::usize(..level.members.len());
+        (0..level.members.len())
+            .map(|i| &self.endpoints[level.members[(start + i) % level.members.len()] as usize])
+            .find(|endpoint| endpoint.health.is_available())
+    }
+
+    /// Each level's share of the traffic: its health in percent, inflated by
+    /// the overprovisioning factor and capped at what the levels before it
+    /// left; shares are scaled up to 100% when all levels together are
+    /// short. `None` when no endpoint is available anywhere.
+    fn choose_level(&self) -> Option<&Level> {
+        let mut shares = [0u32; 16];
+        let mut left = 100u32;
+        for (slot, level) in shares.iter_mut().zip(self.levels.iter()) {
+            let members = level.members.len() as u32;
+            let available =
+                level.members.iter().filter(|i| self.endpoints[**i as usize].health.is_available()).count() as u32;
+            let health = (available * self.overprovisioning_percent).checked_div(members).unwrap_or(0).min(100);
+            *slot = health.min(left);
+            left -= *slot;
+        }
+        let total: u32 = shares.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut draw = fastrand::u32(..total);
+        for (share, level) in shares.iter().zip(self.levels.iter()) {
+            if draw < *share {
+                return Some(level);
+            }
+            draw -= share;
+        }
+        self.levels.last()
     }
 }
 
@@ -234,6 +331,10 @@ pub struct EndpointState {
     pub addr: SocketAddr,
     pub protocol: ClusterProtocol,
     pub active_requests: AtomicU32,
+    /// Availability (health checks, ejection) and outlier counters.
+    pub health: EndpointHealth,
+    /// The cluster's load and limits (shared by its endpoints).
+    pub cluster_state: Arc<ClusterState>,
     /// Open upstream connections, over all workers.
     pub connections: AtomicU32,
     /// Idle pooled HTTP/1 connections, over all workers.
@@ -259,6 +360,8 @@ pub struct ClusterMetrics {
     pub requests_active: Gauge,
     pub pool_idle: Gauge,
     pub connect_errors: ReasonCounters,
+    pub ejections: Counter,
+    pub retries: Counter,
 }
 
 impl ClusterMetrics {
@@ -283,14 +386,21 @@ impl ReasonCounters {
     }
 }
 
-/// Counts a request in flight to an endpoint for as long as it lives.
-pub struct InFlight(Arc<EndpointState>);
+/// Counts a request in flight to an endpoint for as long as it lives (and,
+/// when it holds one, the request's admission to its cluster).
+pub struct InFlight(Arc<EndpointState>, Option<ClusterRequest>);
 
 impl InFlight {
     pub fn start(endpoint: &Arc<EndpointState>) -> Self {
         endpoint.active_requests.fetch_add(1, Ordering::Relaxed);
         endpoint.metrics.requests_active.inc();
-        InFlight(endpoint.clone())
+        InFlight(endpoint.clone(), None)
+    }
+
+    /// Keeps the cluster admission as long as this count.
+    pub fn holding(mut self, request: ClusterRequest) -> Self {
+        self.1 = Some(request);
+        self
     }
 }
 
@@ -298,5 +408,33 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.requests_active.dec();
+    }
+}
+
+/// A request admitted to a cluster under its `max_requests`, counted until dropped.
+pub struct ClusterRequest(Arc<ClusterState>);
+
+impl ClusterRequest {
+    pub fn admit(cluster: &ClusterTable) -> Result<Self, crate::policy::Overload> {
+        cluster.state.admit_request()?;
+        Ok(ClusterRequest(cluster.state.clone()))
+    }
+}
+
+impl Drop for ClusterRequest {
+    fn drop(&mut self) {
+        self.0.finish_request();
+    }
+}
+
+impl ClusterTable {
+    /// Records one try's outcome for outlier detection, and schedules the
+    /// endpoint's return when it gets ejected.
+    pub fn observe(&self, endpoint: &Arc<EndpointState>, outcome: crate::policy::outlier::TryOutcome) {
+        let Some(settings) = &self.outlier else { return };
+        let ejected = crate::policy::outlier::observe(settings, endpoint, &self.state, self.endpoints.len(), outcome);
+        if ejected.is_some() {
+            tokio::spawn(crate::policy::outlier::return_after(endpoint.clone(), self.state.clone()));
+        }
     }
 }

@@ -70,6 +70,7 @@ pub async fn send(
             Some(connection) => connection,
             None => upstream::connect(endpoint, connect_timeout).await?,
         };
+        connection.start_request();
         let mut buf = buffers::bytes();
         let sent = async {
             connection.write_all(&request_head).await.map_err(Sent::Io)?;

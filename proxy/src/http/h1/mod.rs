@@ -33,13 +33,19 @@ use self::head::{parse_response, Framing, HeadError, RequestHead, RequestHeadVie
 use crate::access_log::{millis, HttpRecord};
 use crate::balance::PickInput;
 use crate::buffers;
-use crate::error::ProxyError;
+use crate::error::{LocalReply, ProxyError};
 use crate::http::forward::ConnContext;
 use crate::http::server::serve_http1;
 use crate::io::{Metered, PrefixedIo, UpstreamStream};
 use crate::metrics::RequestMetrics;
+use crate::policy::breaker::Admission;
+use crate::policy::outlier::TryOutcome;
+use crate::policy::request_limit;
+use crate::policy::retry::Failure;
 use crate::pool::raw;
-use crate::route::{ClusterTable, EndpointState, HeaderEdits, InFlight, ListenerTable, Route, RouteTable};
+use crate::route::{
+    ClusterRequest, ClusterTable, EndpointState, HeaderEdits, InFlight, ListenerTable, Route, RouteTable,
+};
 use crate::state::{draining, Shared};
 use crate::upstream;
 
@@ -108,14 +114,6 @@ enum Incoming {
     Closed,
     Handover,
     Reject(ProxyError),
-}
-
-/// A completed upstream exchange.
-struct Exchanged {
-    status: u16,
-    /// From the start of the request to the response head.
-    head_latency: std::time::Duration,
-    next: Next,
 }
 
 /// How an upstream exchange failed.
@@ -286,57 +284,131 @@ impl Connection {
             return Next::Handover;
         }
         let names = (&*route.name, &*cluster.name);
-        let hash_header = cluster.hash_header.as_ref().and_then(|name| self.head.header(&self.buf, name));
-        let pick = PickInput { client_ip: self.client.ip(), hash_header };
-        let Some(endpoint) = cluster.pick(&pick) else {
-            return self.local_reply(table, listener, &target.metrics, names, started, ProxyError::NoEndpoint).await;
+        let metrics = &target.metrics;
+        if let Err(error) = self.admit(listener, route, cluster).await {
+            return self.local_reply(table, listener, metrics, names, started, error).await;
+        }
+        let ticket = match &cluster.breaker {
+            None => None,
+            Some(policy) => match policy.breaker.admit(Instant::now()) {
+                Admission::Pass(ticket) => Some(ticket),
+                Admission::Reject => {
+                    let error = ProxyError::Degraded(policy.clone());
+                    return self.local_reply(table, listener, metrics, names, started, error).await;
+                }
+            },
         };
-        let _in_flight = InFlight::start(endpoint);
+        let _cluster_request = match ClusterRequest::admit(cluster) {
+            Ok(admitted) => admitted,
+            Err(limit) => {
+                return self.local_reply(table, listener, metrics, names, started, ProxyError::Overloaded(limit)).await
+            }
+        };
 
+        // The route timeout covers every try up to the response head, not a
+        // body that streams after it.
         let deadline = route.timeout.map(|limit| started + limit);
-        match self.exchange(listener, route, cluster, endpoint, body_len, started, deadline).await {
-            Ok(exchanged) => {
-                let metrics = &target.metrics;
-                let status = exchanged.status;
-                // Latency is to the response head (as for the hyper path);
-                // the access log has the whole exchange.
-                metrics.record(status, exchanged.head_latency);
-                self.log(table, listener, names, started, status, Some(endpoint.addr), None);
-                exchanged.next
+        let mut retry = 0;
+        let mut _retry_slot = None;
+        let mut previous = None;
+        loop {
+            let Some(endpoint) = self.pick_endpoint(cluster, previous) else {
+                return self.local_reply(table, listener, metrics, names, started, ProxyError::NoEndpoint).await;
+            };
+            let _in_flight = InFlight::start(endpoint);
+            let try_deadline = match route.retry.as_ref().and_then(|policy| policy.per_try_timeout) {
+                Some(per_try) => Some(deadline.map_or(Instant::now() + per_try, |d| d.min(Instant::now() + per_try))),
+                None => deadline,
+            };
+            let head = self.exchange_head(listener, route, cluster, endpoint, body_len);
+            let result = match try_deadline {
+                Some(at) => tokio::time::timeout_at(at, head)
+                    .await
+                    .unwrap_or(Err(ExchangeError::BeforeResponse(ProxyError::UpstreamTimeout))),
+                None => head.await,
+            };
+            let (failure, outcome) = match &result {
+                Ok((_, response, _)) => (Failure::Status(response.status), TryOutcome::Response(response.status)),
+                Err(ExchangeError::BeforeResponse(error)) => match Failure::of(error) {
+                    Some(Failure::Connect) => (Failure::Connect, TryOutcome::ConnectFailure),
+                    Some(failure) => (failure, TryOutcome::Failure),
+                    None => {
+                        let error = match result {
+                            Err(ExchangeError::BeforeResponse(error)) => error,
+                            _ => ProxyError::NoEndpoint,
+                        };
+                        return self.local_reply(table, listener, metrics, names, started, error).await;
+                    }
+                },
+                Err(ExchangeError::DuringResponse) => return Next::Close,
+            };
+            cluster.observe(endpoint, outcome);
+            if let Some(policy) = &route.retry {
+                let time_left = deadline.is_none_or(|d| Instant::now() < d);
+                let idempotent = self.head.is_idempotent(&self.buf);
+                if time_left {
+                    if let Some(slot) = policy.admit(retry + 1, failure, idempotent, &cluster.state) {
+                        retry += 1;
+                        endpoint.metrics.retries.inc();
+                        previous = Some(endpoint.id);
+                        // The failed try's response (if any) is dropped with its connection.
+                        drop(result);
+                        let backoff = policy.backoff(retry);
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d.min(Instant::now() + backoff)).await,
+                            None => tokio::time::sleep(backoff).await,
+                        }
+                        _retry_slot = Some(slot);
+                        continue;
+                    }
+                }
             }
-            Err(ExchangeError::BeforeResponse(error)) => {
-                self.local_reply(table, listener, &target.metrics, names, started, error).await
+            let head_latency = started.elapsed();
+            if let (Some(ticket), Some(policy)) = (ticket, &cluster.breaker) {
+                let error = !matches!(failure, Failure::Status(status) if status < 500);
+                ticket.record(&policy.breaker, Instant::now(), error, head_latency);
             }
-            Err(ExchangeError::DuringResponse) => Next::Close,
+            let (upstream, response, close_client) = match result {
+                Ok(exchanged) => exchanged,
+                Err(ExchangeError::BeforeResponse(error)) => {
+                    return self.local_reply(table, listener, metrics, names, started, error).await;
+                }
+                Err(ExchangeError::DuringResponse) => return Next::Close,
+            };
+            if self.relay_body(listener, endpoint, upstream, &response).await.is_err() {
+                return Next::Close;
+            }
+            // Latency is to the response head (as for the hyper path); the
+            // access log has the whole exchange.
+            metrics.record(response.status, head_latency);
+            self.log(table, listener, names, started, response.status, Some(endpoint.addr), None);
+            let close = close_client || response.framing == Framing::UntilClose;
+            return if close { Next::Close } else { Next::KeepAlive };
         }
     }
 
-    /// Sends the buffered request upstream and relays the response. The
-    /// deadline (the route timeout) covers everything up to the response
-    /// head, not a body that streams after it.
-    #[allow(clippy::too_many_arguments)]
-    async fn exchange(
-        &mut self,
-        listener: &ListenerTable,
-        route: &Route,
-        cluster: &ClusterTable,
-        endpoint: &Arc<EndpointState>,
-        body_len: usize,
-        started: Instant,
-        deadline: Option<Instant>,
-    ) -> Result<Exchanged, ExchangeError> {
-        let head = self.exchange_head(listener, route, cluster, endpoint, body_len);
-        let (upstream, response, close_client) = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, head).await {
-                Ok(result) => result?,
-                Err(_) => return Err(ExchangeError::BeforeResponse(ProxyError::UpstreamTimeout)),
-            },
-            None => head.await?,
-        };
-        let head_latency = started.elapsed();
-        self.relay_body(listener, endpoint, upstream, &response).await?;
-        let close = close_client || response.framing == Framing::UntilClose;
-        Ok(Exchanged { status: response.status, head_latency, next: if close { Next::Close } else { Next::KeepAlive } })
+    /// Applies the rate limits the request meets (listener, route, cluster).
+    async fn admit(&self, listener: &ListenerTable, route: &Route, cluster: &ClusterTable) -> Result<(), ProxyError> {
+        if listener.rate_limit.is_none() && route.rate_limit.is_none() && cluster.rate_limit.is_none() {
+            return Ok(());
+        }
+        let limiters = [&listener.rate_limit, &route.rate_limit, &cluster.rate_limit].into_iter().flatten();
+        let (head, buf) = (&self.head, &self.buf);
+        request_limit::admit(limiters, self.client.ip(), |name| head.header(buf, name))
+            .await
+            .map_err(|(limiter, retry_after)| ProxyError::RateLimited(limiter, retry_after))
+    }
+
+    /// An endpoint for a try; a retry avoids the endpoint that just failed
+    /// when the balancer offers another.
+    fn pick_endpoint<'t>(&self, cluster: &'t ClusterTable, previous: Option<usize>) -> Option<&'t Arc<EndpointState>> {
+        let hash_header = cluster.hash_header.as_ref().and_then(|name| self.head.header(&self.buf, name));
+        let pick = PickInput { client_ip: self.client.ip(), hash_header };
+        let endpoint = cluster.pick(&pick)?;
+        if previous == Some(endpoint.id) && cluster.endpoints.len() > 1 {
+            return cluster.pick(&pick).or(Some(endpoint));
+        }
+        Some(endpoint)
     }
 
     /// Writes the request upstream and reads the final response head,
@@ -377,6 +449,7 @@ impl Connection {
                     .await
                     .map_err(|e| ExchangeError::BeforeResponse(ProxyError::Connect(e)))?,
             };
+            upstream.start_request();
             self.upstream_buf.clear();
             let waiting = send_and_read_head(&mut upstream, &self.out, &mut self.upstream_buf);
             let Some(sent) = until_client_leaves(&self.stream, &mut self.buf, waiting).await else {
@@ -530,7 +603,8 @@ impl Connection {
         tracing::debug!(client = %self.client, %error, status = reply.status.as_u16(), "local reply");
         let close = reply.close || self.head.close || self.shared.lifecycle.is_draining();
         self.out.clear();
-        write_local_reply(&mut self.out, reply.status, reply.body, close);
+        let head_request = self.head.is_head(&self.buf);
+        write_local_reply(&mut self.out, &reply, head_request, close);
         self.record(table, listener, metrics, names, started, reply.status.as_u16(), Some(reply.reason));
         if self.stream.write_all(&self.out).await.is_err() || close {
             return Next::Close;
@@ -650,9 +724,11 @@ async fn read_limited(upstream: &mut UpstreamStream, buf: &mut BytesMut, limit: 
 }
 
 /// `HTTP/1.1 <status>` with a short text body.
-fn write_local_reply(out: &mut Vec<u8>, status: StatusCode, body: &str, close: bool) {
-    let response = Response { status, content_type: b"text/plain", body: body.as_bytes() };
-    write_response(out, &response, body.len(), &HeaderEdits::default(), close);
+fn write_local_reply(out: &mut Vec<u8>, reply: &LocalReply, head_request: bool, close: bool) {
+    let body = if head_request { &[][..] } else { &reply.body[..] };
+    let response = Response { status: reply.status, content_type: b"text/plain", body };
+    let extra = HeaderEdits { add: reply.headers.clone(), ..HeaderEdits::default() };
+    write_response(out, &response, reply.body.len(), &extra, close);
 }
 
 /// A response made by the proxy itself.

@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use crate::model::*;
 use crate::values::{is_header_value, is_hostname, is_token};
 
+mod policies;
+
 /// One problem in a config, e.g. `listeners[1].routes[0].split[2].weight: must be between 1 and 10000`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidationError {
@@ -22,6 +24,8 @@ impl fmt::Display for ValidationError {
 
 /// Largest weight of a split entry or an endpoint.
 pub const MAX_WEIGHT: u32 = 10_000;
+/// Largest endpoint priority (failover level).
+pub const MAX_PRIORITY: u32 = 15;
 
 /// Checks everything that deserialization does not: references, uniqueness,
 /// bind conflicts, value syntax and ranges. Returns every problem found.
@@ -36,16 +40,16 @@ pub fn validate(config: &Config) -> Result<(), Vec<ValidationError>> {
 }
 
 #[derive(Default)]
-struct Validator {
+pub(crate) struct Validator {
     errors: Vec<ValidationError>,
 }
 
 impl Validator {
-    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ValidationError { path: path.into(), message: message.into() });
     }
 
-    fn check<T>(&mut self, path: impl Into<String>, result: Result<T, String>) -> Option<T> {
+    pub(crate) fn check<T>(&mut self, path: impl Into<String>, result: Result<T, String>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(message) => {
@@ -124,7 +128,11 @@ impl Validator {
                 if !(1..=MAX_WEIGHT).contains(&endpoint.weight()) {
                     self.error(format!("{endpoint_path}.weight"), format!("must be between 1 and {MAX_WEIGHT}"));
                 }
+                if endpoint.priority() > MAX_PRIORITY {
+                    self.error(format!("{endpoint_path}.priority"), format!("must be between 0 and {MAX_PRIORITY}"));
+                }
             }
+            self.cluster_policies(&path, cluster);
             if let Some(connect) = self.check(format!("{path}.connect_timeout"), cluster.connect_timeout.parse()) {
                 if connect.is_zero() {
                     self.error(format!("{path}.connect_timeout"), "must be greater than 0");
@@ -177,6 +185,20 @@ impl Validator {
             }
         }
 
+        if let Some(limit) = &listener.rate_limit {
+            self.rate_limit(&format!("{path}.rate_limit"), limit);
+            if listener.protocol == ListenerProtocol::Tcp {
+                self.error(
+                    format!("{path}.rate_limit"),
+                    "HTTP rate limit on a tcp listener (use connection_rate_limit)",
+                );
+            }
+        }
+        if let Some(limit) = &listener.connection_rate_limit {
+            self.connection_rate_limit(&format!("{path}.connection_rate_limit"), limit);
+        }
+        self.bandwidth(&format!("{path}.bandwidth"), &listener.bandwidth);
+
         let mut route_names = HashMap::new();
         for (index, route) in listener.routes.iter().enumerate() {
             let route_path = format!("{path}.routes[{index}]");
@@ -221,6 +243,12 @@ impl Validator {
         }
         if !route.response_headers.is_empty() {
             self.error(format!("{path}.response_headers"), "header edits on a tcp listener");
+        }
+        if route.retry.is_some() {
+            self.error(format!("{path}.retry"), "HTTP retries on a tcp listener");
+        }
+        if route.rate_limit.is_some() {
+            self.error(format!("{path}.rate_limit"), "HTTP rate limit on a tcp listener (use connection_rate_limit)");
         }
     }
 
@@ -330,6 +358,12 @@ impl Validator {
         }
         self.header_edits(&format!("{path}.request_headers"), &route.request_headers);
         self.header_edits(&format!("{path}.response_headers"), &route.response_headers);
+        if let Some(retry) = &route.retry {
+            self.retry(&format!("{path}.retry"), retry);
+        }
+        if let Some(limit) = &route.rate_limit {
+            self.rate_limit(&format!("{path}.rate_limit"), limit);
+        }
     }
 
     fn cluster_ref(&mut self, path: &str, name: &str, clusters: &HashMap<&str, usize>) {
@@ -346,7 +380,7 @@ impl Validator {
         }
     }
 
-    fn header_value(&mut self, path: &str, value: &str) {
+    pub(crate) fn header_value(&mut self, path: &str, value: &str) {
         if !is_header_value(value) {
             self.error(path, format!("invalid header value {value:?}"));
         }
