@@ -45,6 +45,8 @@ struct Cli {
     #[arg(long = "peer", value_name = "NAME=PATH")]
     peers: Vec<String>,
     /// Only these peers (comma-separated), e.g. `edgeplane,nginx`. The direct baseline always runs.
+    /// `edgeplane-policies` (edgeplane with a breaker, outlier ejection and rate limits that do not
+    /// trip) runs only when named here.
     #[arg(long)]
     only: Option<String>,
     /// The edgeplane binary (default: the release build next to this one).

@@ -52,8 +52,11 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<
     procstat::pin_current_thread(&options.load_cpus).context("pinning the harness to the load CPUs")?;
 
     let (mut found, missing) = peers::discover(options.edgeplane.clone(), &options.user_peers)?;
-    if let Some(only) = &options.only {
-        found.retain(|peer| only.iter().any(|name| name == peer.name()));
+    match &options.only {
+        Some(only) => found.retain(|peer| only.iter().any(|name| name == peer.name())),
+        // An opt-in peer: it answers one question (what policies cost) and
+        // would double edgeplane's share of every run.
+        None => found.retain(|peer| peer.name() != peers::edgeplane::WITH_POLICIES),
     }
     let missing: Vec<Skipped> =
         missing.into_iter().filter(|skip| options.only.as_ref().is_none_or(|only| only.contains(&skip.peer))).collect();

@@ -13,7 +13,7 @@ use crate::values::{ByteRate, Duration};
 /// Envoy-style thresholds of one cluster, counted over all workers. A request
 /// over a limit gets a fast `503` with `x-edgeplane-overloaded` naming the
 /// limit. Unset means unlimited (osm-edge's default).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterLimits {
     /// Most open upstream connections to the cluster.
@@ -32,6 +32,20 @@ pub struct ClusterLimits {
     /// Requests served by one upstream HTTP/1 connection before it is closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<u32>,
+}
+
+/// What a cluster without `limits` gets: the same as `limits: {}` (a derived
+/// `Default` would make `max_retries` 0 and turn every retry off).
+impl Default for ClusterLimits {
+    fn default() -> Self {
+        ClusterLimits {
+            max_connections: None,
+            max_pending_requests: None,
+            max_requests: None,
+            max_retries: policy_defaults::max_retries(),
+            max_requests_per_connection: None,
+        }
+    }
 }
 
 /// osm-edge's "degrade" circuit breaker: once a stats window has seen

@@ -202,3 +202,92 @@ fn scalar_or_structured_fields_explain_their_errors() {
     assert_eq!(headers["x-canary"], HeaderMatch::Exact("true".into()));
     assert_eq!(headers["x-n"], HeaderMatch::Exact("5".into()));
 }
+
+const POLICIES: &str = r#"
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    rate_limit: { requests: 100, per: 1s, burst: 20, key: client_ip, backlog: 10, response_headers: { x-limited: "1" } }
+    connection_rate_limit: { connections: 50, per: 1s }
+    bandwidth: { per_connection: { download: 256KiB }, listener: { upload: 1MB, download: 4000000 } }
+    routes:
+      - cluster: api
+        retry: { attempts: 2, retry_on: [5xx, retriable-status-codes], status_codes: [429], per_try_timeout: 1s }
+        rate_limit: { requests: 10, key: { header: x-user } }
+clusters:
+  - name: api
+    endpoints: [ 127.0.0.1:9001, { address: 127.0.0.1:9002, priority: 1 } ]
+    limits: { max_connections: 100, max_pending_requests: 10, max_requests: 50, max_retries: 5, max_requests_per_connection: 1000 }
+    breaker: { min_requests: 20, error_ratio: 0.5, slow_time: 2s, slow_count: 10, degraded_window: 10s }
+    outlier_detection: { consecutive_5xx: 3, base_ejection_time: 10s, max_ejection_percent: 50 }
+    health_check: { kind: http, path: /healthz, expected_statuses: [200, "204-299"], interval: 2s, timeout: 500ms }
+    overprovisioning_factor: 1.2
+"#;
+
+#[test]
+fn resilience_policies_validate() {
+    let config = from_yaml_str(POLICIES).expect("parses");
+    assert_eq!(errors(&config), Vec::<String>::new());
+    assert_eq!(config.clusters[0].endpoints[1].priority(), 1);
+    let bandwidth = &config.listeners[0].bandwidth;
+    assert_eq!(bandwidth.per_connection.download.as_ref().unwrap().parse(), Ok(256 * 1024));
+    assert_eq!(bandwidth.listener.download.as_ref().unwrap().parse(), Ok(4_000_000));
+}
+
+#[test]
+fn resilience_policy_errors_name_their_paths() {
+    let bad = r#"
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    rate_limit: { requests: 0, per: 0s, status: 200, key: { header: "bad header" } }
+    bandwidth: { per_connection: { download: 10 parsecs } }
+    routes:
+      - cluster: api
+        retry: { attempts: 17, retry_on: [retriable-status-codes], backoff_base: 0s }
+  - name: db
+    bind: 127.0.0.1:3306
+    protocol: tcp
+    routes: [ { cluster: api, retry: {} } ]
+clusters:
+  - name: api
+    endpoints: [ { address: 127.0.0.1:9001, priority: 99 } ]
+    limits: { max_requests: 0 }
+    breaker: { error_ratio: 1.5 }
+    outlier_detection: { base_ejection_time: 60s, max_ejection_time: 10s, max_ejection_percent: 101 }
+    health_check: { path: healthz, expected_statuses: ["500-200"], interval: 1s, timeout: 2s, unhealthy_threshold: 0 }
+    overprovisioning_factor: 0.5
+"#;
+    let config = from_yaml_str(bad).expect("parses");
+    let found = errors(&config);
+    for expected in [
+        "listeners[0].rate_limit.requests: must be at least 1",
+        "listeners[0].rate_limit.per: must be greater than 0",
+        "listeners[0].rate_limit.status: must be between 400 and 599",
+        "listeners[0].rate_limit.key.header: invalid header name",
+        "listeners[0].bandwidth.per_connection.download: invalid byte rate",
+        "listeners[0].routes[0].retry.attempts: must be at most 16",
+        "listeners[0].routes[0].retry.status_codes: retriable-status-codes needs at least one status code",
+        "listeners[0].routes[0].retry.backoff_base: must be greater than 0",
+        "listeners[1].routes[0].retry: HTTP retries on a tcp listener",
+        "clusters[0].endpoints[0].priority: must be between 0 and 15",
+        "clusters[0].limits.max_requests: must be at least 1",
+        "clusters[0].breaker.error_ratio: must be greater than 0 and at most 1",
+        "clusters[0].outlier_detection.max_ejection_time: must be at least base_ejection_time",
+        "clusters[0].outlier_detection.max_ejection_percent: must be between 0 and 100",
+        "clusters[0].health_check.path: invalid path",
+        "clusters[0].health_check.expected_statuses[0]: status range 500-200",
+        "clusters[0].health_check.timeout: must not exceed the interval",
+        "clusters[0].health_check.unhealthy_threshold: must be at least 1",
+        "clusters[0].overprovisioning_factor: must be between 1.0 and 100.0",
+    ] {
+        assert!(found.iter().any(|error| error.starts_with(expected)), "missing {expected:?} in {found:#?}");
+    }
+    // A breaker with no threshold would never open.
+    let config = from_yaml_str(&POLICIES.replace("error_ratio: 0.5, slow_time: 2s, slow_count: 10, ", "")).unwrap();
+    assert!(
+        errors(&config).iter().any(|e| e.starts_with("clusters[0].breaker: needs at least one of")),
+        "{:?}",
+        errors(&config)
+    );
+}

@@ -462,11 +462,74 @@ fn config_compile(c: &mut Criterion) {
     group.finish();
 }
 
+// ---------------------------------------------------------------------------
+// 7. Policy checks per request
+// ---------------------------------------------------------------------------
+
+const POLICY_CONFIG: &str = "
+listeners:
+  - name: web
+    bind: 127.0.0.1:18080
+    routes: [ { cluster: failover } ]
+clusters:
+  - name: failover
+    endpoints: [ 10.0.0.1:8080, 10.0.0.2:8080, 10.0.0.3:8080, 10.0.0.4:8080,
+                 { address: '10.1.0.1:8080', priority: 1 }, { address: '10.1.0.2:8080', priority: 1 } ]
+    outlier_detection: { consecutive_5xx: 5 }
+    breaker: { min_requests: 100, error_ratio: 0.5 }
+    rate_limit: { requests: 1000000000, per: 1s }
+    limits: { max_requests: 1000000 }
+";
+
+/// What the resilience policies add to a request that trips none of them:
+/// the rate-limit bucket, the breaker's admission and record, the cluster's
+/// request count, the outlier record; and the endpoint pick with every
+/// endpoint available versus with some unavailable (priority levels by health).
+fn policy_checks(c: &mut Criterion) {
+    use edgeplane::policy::breaker::Admission;
+    use edgeplane::policy::outlier::{TryOutcome, EJECTED};
+    use edgeplane::route::ClusterRequest;
+
+    let (registry, metrics) = (Registry::default(), Metrics::new());
+    let table = compile_text(POLICY_CONFIG, &registry, &metrics);
+    let cluster = &table.clusters[0];
+    let input = PickInput { client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), hash_header: None };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let _context = runtime.enter();
+    let mut group = c.benchmark_group("policy_checks");
+    group.bench_function("rate_limit", |b| {
+        let limiter = cluster.rate_limit.as_ref().unwrap();
+        b.iter(|| {
+            matches!(limiter.decide(black_box(input.client_ip), None), edgeplane::policy::rate_limit::Decision::Allow)
+        })
+    });
+    group.bench_function("breaker_admit_record", |b| {
+        let policy = cluster.breaker.as_ref().unwrap();
+        b.iter(|| {
+            let now = tokio::time::Instant::now();
+            if let Admission::Pass(ticket) = policy.breaker.admit(now) {
+                ticket.record(&policy.breaker, now, false, Duration::from_micros(200));
+            }
+        })
+    });
+    group.bench_function("max_requests", |b| b.iter(|| ClusterRequest::admit(black_box(cluster)).is_ok()));
+    group.bench_function("outlier_record", |b| {
+        let endpoint = &cluster.endpoints[0];
+        b.iter(|| cluster.observe(black_box(endpoint), TryOutcome::Response(200)))
+    });
+    group.bench_function("pick_all_available", |b| b.iter(|| cluster.pick(black_box(&input)).map(|e| e.id)));
+    // One of four priority-0 endpoints ejected: levels by health, unavailable skipped.
+    cluster.endpoints[0].health.set_flag(&cluster.state, EJECTED, true);
+    group.bench_function("pick_one_unavailable", |b| b.iter(|| cluster.pick(black_box(&input)).map(|e| e.id)));
+    cluster.endpoints[0].health.set_flag(&cluster.state, EJECTED, false);
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Quicker than criterion's defaults (3 s + 5 s) so the whole file runs in
     // a few minutes; command-line options still override these.
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = route_match, split_pick, lb_pick, header_rewrite, detect, config_compile
+    targets = route_match, split_pick, lb_pick, header_rewrite, detect, config_compile, policy_checks
 }
 criterion_main!(benches);

@@ -35,10 +35,14 @@ pub struct Registry {
     endpoints: Mutex<EndpointMap>,
     clusters: Mutex<HashMap<String, Arc<ClusterState>>>,
     policies: Mutex<HashMap<String, PolicyEntry>>,
+    /// The generation being compiled: policies it asks for are marked with
+    /// it, so those the published table no longer uses can be dropped.
+    compiling: std::sync::atomic::AtomicU64,
 }
 
-/// A stateful policy and the hash of the config it was made from.
-type PolicyEntry = (u64, Arc<dyn Any + Send + Sync>);
+/// A stateful policy, the hash of the config it was made from, and the last
+/// generation that used it.
+type PolicyEntry = (u64, Arc<dyn Any + Send + Sync>, u64);
 
 #[derive(Default)]
 struct EndpointMap {
@@ -74,6 +78,11 @@ impl Registry {
         state
     }
 
+    /// Marks the start of compiling `generation`.
+    pub fn start_compile(&self, generation: u64) {
+        self.compiling.store(generation, Ordering::Relaxed);
+    }
+
     /// The load and limit counters of a cluster, by name.
     pub fn cluster_state(&self, name: &str) -> Arc<ClusterState> {
         let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
@@ -89,16 +98,18 @@ impl Registry {
         config_hash: u64,
         make: impl FnOnce() -> T,
     ) -> (Arc<T>, bool) {
+        let generation = self.compiling.load(Ordering::Relaxed);
         let mut policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((hash, existing)) = policies.get(&key) {
+        if let Some((hash, existing, used)) = policies.get_mut(&key) {
             if *hash == config_hash {
                 if let Ok(existing) = existing.clone().downcast::<T>() {
+                    *used = generation;
                     return (existing, false);
                 }
             }
         }
         let state = Arc::new(make());
-        policies.insert(key, (config_hash, state.clone()));
+        policies.insert(key, (config_hash, state.clone(), generation));
         (state, true)
     }
 
@@ -120,6 +131,8 @@ impl Registry {
         });
         let live_clusters: std::collections::HashSet<&str> = live.clusters.iter().map(|c| &*c.name).collect();
         self.clusters.lock().unwrap_or_else(|e| e.into_inner()).retain(|name, _| live_clusters.contains(name.as_str()));
+        // Policies the live table did not ask for (removed routes, listeners, clusters).
+        self.policies.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (_, _, used)| *used >= live.generation);
         released
     }
 }

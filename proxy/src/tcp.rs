@@ -77,7 +77,7 @@ pub async fn relay(
     };
     // For outlier detection a connection counts as a success once it is
     // made; what happens on it later is the application's business.
-    cluster.observe(&endpoint, TryOutcome::Response(200));
+    cluster.observe(&endpoint, TryOutcome::Connected);
 
     let Some(counters) = &target.tcp_bytes else {
         return;

@@ -116,6 +116,24 @@ impl TestProxy {
     }
 }
 
+/// Polls `check` every 10 ms until it holds; panics after `within`. For
+/// state the proxy changes on its own (a health verdict, an ejection's end):
+/// the poll is the synchronisation, never a fixed sleep.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Finds a sample in Prometheus/OpenMetrics text.
 pub fn find_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {

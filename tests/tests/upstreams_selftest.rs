@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use edgeplane_tests::client::{self, Http1Conn, Http2Conn};
 use edgeplane_tests::upstream::{
-    bytes_pattern, ws_roundtrip, GrpcClient, GrpcUpstream, HttpProto, HttpUpstream, TcpEcho, WsEcho, CHUNKS,
+    bytes_pattern, ws_roundtrip, FaultyUpstream, GrpcClient, GrpcUpstream, HttpProto, HttpUpstream, Mode, TcpEcho,
+    WsEcho, CHUNKS, X_BODY_LEN, X_REQUEST_INDEX,
 };
 use http::{Request, StatusCode};
 use http_body_util::Full;
@@ -438,6 +439,68 @@ async fn websocket_roundtrip() {
         let echoes = ws_roundtrip(&format!("ws://{}/some/path", ws.addr()), &["again"]).await.unwrap();
         assert_eq!(echoes, ["again"]);
         assert_eq!(ws.connections(), 2);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn faulty_upstream_modes() {
+    guard(async {
+        let up = FaultyUpstream::start("flaky").await;
+        let mut conn = Http1Conn::connect(up.addr()).await;
+        let res = conn.send(get("/any")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["x-upstream"], "flaky");
+        assert_eq!(res.headers()[X_REQUEST_INDEX], "0");
+
+        // Requests i % 10 < 3 of the mode fail, counted from when it was set.
+        up.set_mode(Mode::FailPattern { every: 10, first: 3, status: 503 });
+        let mut statuses = Vec::new();
+        for _ in 0..20 {
+            statuses.push(conn.send(get("/p")).await.unwrap().status().as_u16());
+        }
+        let expected: Vec<u16> = (0..20).map(|i| if i % 10 < 3 { 503 } else { 200 }).collect();
+        assert_eq!(statuses, expected);
+
+        up.set_mode(Mode::Status(500));
+        let req = Request::post("/post").header("host", "t").body(Full::new(Bytes::from_static(b"12345"))).unwrap();
+        let res = conn.send(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(res.headers()[X_BODY_LEN], "5");
+        assert_eq!(up.requests_by_method("POST"), 1);
+        assert_eq!(up.requests_by_method("GET"), 21);
+
+        // /healthz is answered apart and not counted.
+        up.set_health(503);
+        assert_eq!(conn.send(get("/healthz")).await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(up.health_checks(), 1);
+        assert_eq!(up.requests(), 22);
+
+        // The first request hangs until released; the next one answers (over HTTP/2).
+        up.set_mode(Mode::HangFirst(1));
+        let addr = up.addr();
+        let hung = tokio::spawn(async move { Http1Conn::connect(addr).await.send(get("/hang")).await.unwrap() });
+        up.wait_for_requests(23).await;
+        assert_eq!(up.in_flight(), 1);
+        let h2 = Http2Conn::connect(addr).await;
+        assert_eq!(h2.send(get("/next")).await.unwrap().status(), StatusCode::OK);
+        assert!(!hung.is_finished());
+        up.release_hung();
+        assert_eq!(hung.await.unwrap().status(), StatusCode::OK);
+
+        up.set_mode(Mode::Delay(Duration::from_millis(100)));
+        let started = Instant::now();
+        assert_eq!(conn.send(get("/slow")).await.unwrap().status(), StatusCode::OK);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+
+        // Dies (connections refused) and comes back on the same port.
+        up.die().await;
+        TcpStream::connect(addr).await.expect_err("not listening");
+        up.revive().await;
+        up.set_mode(Mode::Ok);
+        let res = Http1Conn::connect(addr).await.send(get("/back")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()[X_REQUEST_INDEX], "25");
     })
     .await
 }

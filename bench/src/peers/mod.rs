@@ -189,7 +189,8 @@ pub fn discover(edgeplane_bin: PathBuf, user_peers: &[(String, PathBuf)]) -> any
             edgeplane_bin.display()
         );
     }
-    peers.push(Box::new(edgeplane::Edgeplane::new(edgeplane_bin)));
+    peers.push(Box::new(edgeplane::Edgeplane::new(edgeplane_bin.clone())));
+    peers.push(Box::new(edgeplane::Edgeplane::with_policies(edgeplane_bin)));
 
     match user("nginx").or_else(|| find_program("nginx")) {
         Some(path) => peers.push(Box::new(nginx::Nginx::new(path))),

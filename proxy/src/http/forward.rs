@@ -170,25 +170,27 @@ pub async fn handle(
             Some(at) => tokio::time::timeout_at(at, exchange).await.unwrap_or(Err(ProxyError::UpstreamTimeout)),
             None => exchange.await,
         };
-        let failure = match &result {
+        let failure = match result.as_ref().map_err(Failure::of) {
             Ok((response, _)) => Failure::Status(response.status().as_u16()),
-            Err(error) => match Failure::of(error) {
-                Some(failure) => failure,
-                None => break_with_error!(conn, context, started, log, result),
-            },
+            Err(Some(failure)) => failure,
+            // Not an upstream failure (a bad request body, an overload): no retry can help.
+            Err(None) => {
+                let error = result.err().unwrap_or(ProxyError::NoEndpoint);
+                return Ok(local_reply(&conn, context, started, &log, error));
+            }
         };
         cluster.observe(
             &endpoint,
             match failure {
                 Failure::Status(status) => TryOutcome::Response(status),
                 Failure::Connect => TryOutcome::ConnectFailure,
-                _ => TryOutcome::Failure,
+                Failure::RefusedStream | Failure::Reset => TryOutcome::Failure,
             },
         );
         if let Some(policy) = retry_policy {
             let time_left = deadline.is_none_or(|d| Instant::now() < d);
-            let can_resend = template.is_some() || !failure.request_may_have_been_processed() && request.is_some();
-            if time_left && can_resend {
+            // A streamed body went with the first try: only a held one can be sent again.
+            if time_left && template.is_some() {
                 if let Some(slot) = policy.admit(retry + 1, failure, idempotent, &cluster.state) {
                     retry += 1;
                     endpoint.metrics.retries.inc();
@@ -231,17 +233,6 @@ pub async fn handle(
     record(&conn, context, started, &log, status.as_u16(), Some(endpoint.addr), None);
     Ok(response.map(|body| ResponseBody::upstream(body, lease, in_flight)))
 }
-
-/// Answers with the error a try ended in when no retry can help.
-macro_rules! break_with_error {
-    ($conn:expr, $context:expr, $started:expr, $log:expr, $result:expr) => {
-        match $result {
-            Err(error) => return Ok(local_reply(&$conn, $context, $started, &$log, error)),
-            Ok(_) => return Ok(local_reply(&$conn, $context, $started, &$log, ProxyError::NoEndpoint)),
-        }
-    };
-}
-use break_with_error;
 
 /// Largest request body held in memory so that a retry can send it again.
 const MAX_REPLAYABLE_BODY: u64 = 64 * 1024;

@@ -92,6 +92,8 @@ pub struct OutlierSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TryOutcome {
     Response(u16),
+    /// A TCP connection was made (the only outcome a TCP relay sees).
+    Connected,
     ConnectFailure,
     /// The connection broke or timed out before a response head.
     Failure,
@@ -110,6 +112,7 @@ pub fn observe(
     let health = &endpoint.health;
     let (server_error, gateway_error, connect_failure) = match outcome {
         TryOutcome::Response(status) => (status >= 500, matches!(status, 502..=504), false),
+        TryOutcome::Connected => (false, false, false),
         TryOutcome::ConnectFailure => (true, true, true),
         TryOutcome::Failure => (true, true, false),
     };

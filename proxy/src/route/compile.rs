@@ -61,6 +61,7 @@ pub fn compile(
     registry: &Registry,
     metrics: &Metrics,
 ) -> Result<RouteTable, CompileError> {
+    registry.start_compile(generation);
     let mut clusters = Vec::with_capacity(config.clusters.len());
     let mut cluster_index = HashMap::new();
     for (index, cluster) in config.clusters.iter().enumerate() {

@@ -284,21 +284,15 @@ impl ClusterTable {
             .find(|endpoint| endpoint.health.is_available())
     }
 
-    /// Each level's share of the traffic: its health in percent, inflated by
-    /// the overprovisioning factor and capped at what the levels before it
-    /// left; shares are scaled up to 100% when all levels together are
-    /// short. `None` when no endpoint is available anywhere.
+    /// The level a request goes to, drawn by the levels' shares of the
+    /// traffic ([`priority_shares`]); `None` when no endpoint is available.
     fn choose_level(&self) -> Option<&Level> {
-        let mut shares = [0u32; 16];
-        let mut left = 100u32;
-        for (slot, level) in shares.iter_mut().zip(self.levels.iter()) {
-            let members = level.members.len() as u32;
-            let available =
-                level.members.iter().filter(|i| self.endpoints[**i as usize].health.is_available()).count() as u32;
-            let health = (available * self.overprovisioning_percent).checked_div(members).unwrap_or(0).min(100);
-            *slot = health.min(left);
-            left -= *slot;
+        let mut health = [(0u32, 0u32); MAX_LEVELS];
+        for (slot, level) in health.iter_mut().zip(self.levels.iter()) {
+            let available = level.members.iter().filter(|i| self.endpoints[**i as usize].health.is_available()).count();
+            *slot = (available as u32, level.members.len() as u32);
         }
+        let shares = priority_shares(&health[..self.levels.len().min(MAX_LEVELS)], self.overprovisioning_percent);
         let total: u32 = shares.iter().sum();
         if total == 0 {
             return None;
@@ -312,6 +306,26 @@ impl ClusterTable {
         }
         self.levels.last()
     }
+}
+
+/// Priority levels a cluster may have (`priority` 0 to 15).
+const MAX_LEVELS: usize = 16;
+
+/// Envoy's priority load: each level's share of the traffic, in percent,
+/// from its (available, total) endpoints. A level's health is its available
+/// share inflated by the overprovisioning factor and capped at 100; each
+/// level takes its health out of what the levels before it left. The shares
+/// add up to less than 100 when all levels together are short; the caller
+/// draws within their sum, which scales them up to 100%.
+pub fn priority_shares(levels: &[(u32, u32)], overprovisioning_percent: u32) -> [u32; MAX_LEVELS] {
+    let mut shares = [0u32; MAX_LEVELS];
+    let mut left = 100u32;
+    for (slot, (available, members)) in shares.iter_mut().zip(levels) {
+        let health = (available * overprovisioning_percent).checked_div(*members).unwrap_or(0).min(100);
+        *slot = health.min(left);
+        left -= *slot;
+    }
+    shares
 }
 
 #[derive(Clone, Debug)]
@@ -436,5 +450,32 @@ impl ClusterTable {
         if ejected.is_some() {
             tokio::spawn(crate::policy::outlier::return_after(endpoint.clone(), self.state.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::priority_shares;
+
+    fn shares(levels: &[(u32, u32)], factor: u32) -> Vec<u32> {
+        priority_shares(levels, factor)[..levels.len()].to_vec()
+    }
+
+    #[test]
+    fn traffic_spills_to_the_next_level_as_health_drops() {
+        // All healthy: level 0 takes everything.
+        assert_eq!(shares(&[(2, 2), (1, 1)], 140), [100, 0]);
+        // 3 of 4 left: 75% × 1.4 ≥ 100%, still everything.
+        assert_eq!(shares(&[(3, 4), (1, 1)], 140), [100, 0]);
+        // 1 of 2: 70% stays, 30% goes to the neighbour.
+        assert_eq!(shares(&[(1, 2), (1, 1)], 140), [70, 30]);
+        // Level 0 gone: everything to level 1.
+        assert_eq!(shares(&[(0, 2), (1, 1)], 140), [0, 100]);
+        // Both short (factor 1.0): 50 and 25, drawn within 75.
+        assert_eq!(shares(&[(1, 2), (1, 4)], 100), [50, 25]);
+        // Nothing anywhere.
+        assert_eq!(shares(&[(0, 2), (0, 1)], 140), [0, 0]);
+        // An empty level takes nothing and passes everything on.
+        assert_eq!(shares(&[(0, 0), (2, 2)], 140), [0, 100]);
     }
 }

@@ -6,11 +6,13 @@
 //! only once the listener is closed and the connections are gone, for tests
 //! that need "the upstream is down now" without racing.
 
+mod faulty;
 mod grpc;
 mod http;
 mod tcp;
 mod ws;
 
+pub use self::faulty::{FaultyUpstream, Mode, X_BODY_LEN, X_REQUEST_INDEX};
 pub use self::grpc::{CountRequest, EchoReply, EchoRequest, GrpcClient, GrpcUpstream, SERVICE_NAME as GRPC_SERVICE};
 pub use self::http::{bytes_pattern, HttpProto, HttpUpstream, CHUNKS, X_UPSTREAM};
 pub use self::tcp::TcpEcho;
