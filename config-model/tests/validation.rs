@@ -291,3 +291,18 @@ clusters:
         errors(&config)
     );
 }
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|ext| ext == "yaml") {
+            let config = config_model::load_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(errors(&config), Vec::<String>::new(), "{}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "found {checked} example configs");
+}
