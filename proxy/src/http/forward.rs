@@ -195,11 +195,7 @@ pub async fn handle(
                     retry += 1;
                     endpoint.metrics.retries.inc();
                     drop(result);
-                    let backoff = policy.backoff(retry);
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d.min(Instant::now() + backoff)).await,
-                        None => tokio::time::sleep(backoff).await,
-                    }
+                    policy.wait_backoff(retry, deadline).await;
                     _retry_slot = Some(slot);
                     if let Some(next) = cluster.pick(&pick) {
                         let avoid_previous = next.id == endpoint.id && cluster.endpoints.len() > 1;

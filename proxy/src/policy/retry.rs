@@ -142,6 +142,17 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// Waits out the backoff before retry `retry`, never past the route's deadline.
+    pub async fn wait_backoff(&self, retry: u32, deadline: Option<tokio::time::Instant>) {
+        let backoff = self.backoff(retry);
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + backoff)).await,
+            None => tokio::time::sleep(backoff).await,
+        }
+    }
+}
+
 /// A retry slot of the cluster, released on drop.
 pub struct RetryGuard<'a>(&'a ClusterState);
 

@@ -149,15 +149,7 @@ impl FaultyUpstream {
 
     /// Waits until at least `n` requests have arrived.
     pub async fn wait_for_requests(&self, n: usize) {
-        loop {
-            let notified = self.state.arrived.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.requests() >= n {
-                return;
-            }
-            notified.await;
-        }
+        super::wait_for_count(&self.state.arrived, || self.requests(), n).await;
     }
 
     /// Closes the listener and every connection, and waits until they are

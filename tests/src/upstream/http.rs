@@ -133,16 +133,7 @@ impl HttpUpstream {
     /// Waits until at least `n` requests have arrived. Lets a test know a
     /// request reached the upstream (e.g. a `/hang` one) without sleeping.
     pub async fn wait_for_requests(&self, n: usize) {
-        loop {
-            let notified = self.state.arrived.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so an arrival in between is not missed.
-            notified.as_mut().enable();
-            if self.requests() >= n {
-                return;
-            }
-            notified.await;
-        }
+        super::wait_for_count(&self.state.arrived, || self.requests(), n).await;
     }
 
     /// Stops the server and waits until its listener and connections are closed.

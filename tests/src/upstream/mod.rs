@@ -35,6 +35,20 @@ pub(crate) async fn bind_loopback() -> (TcpListener, SocketAddr) {
     (listener, addr)
 }
 
+/// Waits until `count()` reaches `n`; `arrived` is notified on every
+/// arrival (registered before each check, so none is missed).
+pub(crate) async fn wait_for_count(arrived: &tokio::sync::Notify, count: impl Fn() -> usize, n: usize) {
+    loop {
+        let notified = arrived.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if count() >= n {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// The accept loop of one server and the tasks of its connections.
 ///
 /// Dropping it aborts everything (asynchronously, as tokio aborts do);

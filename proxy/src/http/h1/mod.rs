@@ -353,11 +353,7 @@ impl Connection {
                         previous = Some(endpoint.id);
                         // The failed try's response (if any) is dropped with its connection.
                         drop(result);
-                        let backoff = policy.backoff(retry);
-                        match deadline {
-                            Some(d) => tokio::time::sleep_until(d.min(Instant::now() + backoff)).await,
-                            None => tokio::time::sleep(backoff).await,
-                        }
+                        policy.wait_backoff(retry, deadline).await;
                         _retry_slot = Some(slot);
                         continue;
                     }
