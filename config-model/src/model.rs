@@ -102,6 +102,9 @@ pub struct Listener {
     /// TCP settings, used for opaque connections.
     #[serde(default)]
     pub tcp: TcpOptions,
+    /// MQTT settings, used for connections declared (or detected) as MQTT.
+    #[serde(default)]
+    pub mqtt: MqttOptions,
     /// Routes, tried in order; the first that matches wins. HTTP requests use
     /// routes whose `match` fits the request; opaque TCP connections use the
     /// first route without HTTP match criteria and without a direct response.
@@ -129,6 +132,9 @@ pub enum ListenerProtocol {
     Http,
     /// Opaque TCP: no detection, bytes are relayed as they are.
     Tcp,
+    /// MQTT (3.1, 3.1.1, 5): the CONNECT is read and routed on; packets are
+    /// framed and checked, then relayed as they are.
+    Mqtt,
 }
 
 /// HTTP settings of a listener.
@@ -205,6 +211,33 @@ impl Default for TcpOptions {
     }
 }
 
+/// MQTT settings of a listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttOptions {
+    /// Largest packet accepted from a client (fixed header included); a
+    /// bigger one closes the connection (v5: DISCONNECT 0x95 first).
+    #[serde(default = "defaults::mqtt_max_packet_size")]
+    pub max_packet_size: u32,
+    /// Time allowed for the CONNECT to arrive whole.
+    #[serde(default = "defaults::mqtt_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// A client silent for this many times its keep-alive is disconnected
+    /// (the spec's 1.5); keep-alive 0 means no limit beyond `tcp.idle_timeout`.
+    #[serde(default = "defaults::mqtt_keepalive_factor")]
+    pub keepalive_factor: f64,
+}
+
+impl Default for MqttOptions {
+    fn default() -> Self {
+        Self {
+            max_packet_size: defaults::mqtt_max_packet_size(),
+            connect_timeout: defaults::mqtt_connect_timeout(),
+            keepalive_factor: defaults::mqtt_keepalive_factor(),
+        }
+    }
+}
+
 /// A route: match criteria and where matching traffic goes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -264,6 +297,13 @@ pub struct RouteMatch {
     /// Request method or methods (`GET` or `[GET, HEAD]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<OneOrMany>,
+    /// MQTT: the client identifier of the CONNECT (`exact`, `prefix` or `regex`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<PathMatch>,
+    /// MQTT: the user name of the CONNECT (`exact`, `prefix` or `regex`); a
+    /// CONNECT without one does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<PathMatch>,
 }
 
 impl RouteMatch {
@@ -274,6 +314,11 @@ impl RouteMatch {
     /// Whether any criterion needs an HTTP request to be evaluated.
     pub fn has_http_criteria(&self) -> bool {
         self.host.is_some() || self.path.is_some() || !self.headers.is_empty() || self.method.is_some()
+    }
+
+    /// Whether any criterion needs an MQTT CONNECT to be evaluated.
+    pub fn has_mqtt_criteria(&self) -> bool {
+        self.client_id.is_some() || self.username.is_some()
     }
 }
 
@@ -499,6 +544,10 @@ pub enum HashOn {
     /// The value of this request header (HTTP only); requests without it fall
     /// back to the client IP.
     Header(String),
+    /// The MQTT client identifier (MQTT only), so a reconnecting client
+    /// reaches the broker that holds its session; other traffic falls back
+    /// to the client IP.
+    ClientId,
 }
 
 /// Protocol spoken to upstream HTTP endpoints.
@@ -612,6 +661,15 @@ pub mod defaults {
     }
     pub fn weight() -> u32 {
         1
+    }
+    pub fn mqtt_max_packet_size() -> u32 {
+        1024 * 1024
+    }
+    pub fn mqtt_connect_timeout() -> Duration {
+        Duration::from_std(StdDuration::from_secs(10))
+    }
+    pub fn mqtt_keepalive_factor() -> f64 {
+        1.5
     }
     pub fn content_type() -> String {
         "text/plain".into()

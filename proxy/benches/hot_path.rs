@@ -417,7 +417,7 @@ fn detect(c: &mut Criterion) {
         ("http1_request", http1, Detected::Http1),
         ("http2_preface", http2, Detected::Http2),
         ("tls_client_hello", tls, Detected::Tcp),
-        ("mqtt_connect", mqtt, Detected::Tcp),
+        ("mqtt_connect", mqtt, Detected::Mqtt),
     ] {
         assert_eq!(classify(&bytes), Some(expected), "{name}");
         group.bench_function(name, |b| b.iter(|| classify(black_box(&bytes))));

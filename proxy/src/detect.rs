@@ -24,6 +24,8 @@ const MAX_DETECT_BYTES: usize = 8 * 1024;
 pub enum Detected {
     Http1,
     Http2,
+    /// An MQTT CONNECT (3.1, 3.1.1 or 5).
+    Mqtt,
     Tcp,
     /// The client closed before sending anything.
     Closed,
@@ -53,6 +55,9 @@ pub async fn detect(stream: &mut TcpStream, buffer: &mut BytesMut, timeout: Dura
 
 /// `None`: the bytes so far could still be either.
 pub fn classify(bytes: &[u8]) -> Option<Detected> {
+    if bytes.first() == Some(&0x10) {
+        return classify_mqtt(bytes);
+    }
     if bytes.len() >= H2_PREFACE.len() && bytes.starts_with(H2_PREFACE) {
         return Some(Detected::Http2);
     }
@@ -71,6 +76,25 @@ pub fn classify(bytes: &[u8]) -> Option<Detected> {
     }
 }
 
+/// A CONNECT: type 1 with no flags, a remaining length, then the protocol
+/// name `MQTT` (3.1.1, 5) or `MQIsdp` (3.1). Nothing else starts with 0x10
+/// that we would rather relay as TCP.
+fn classify_mqtt(bytes: &[u8]) -> Option<Detected> {
+    let length_bytes = bytes[1..].iter().take(4).position(|b| b & 0x80 == 0);
+    let Some(last) = length_bytes else {
+        return if bytes.len() >= 5 { Some(Detected::Tcp) } else { None };
+    };
+    let name = &bytes[2 + last..];
+    const NAMES: [&[u8]; 2] = [b"\x00\x04MQTT", b"\x00\x06MQIsdp"];
+    if NAMES.iter().any(|expected| name.starts_with(expected)) {
+        Some(Detected::Mqtt)
+    } else if NAMES.iter().any(|expected| expected.starts_with(name)) {
+        None
+    } else {
+        Some(Detected::Tcp)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,7 +109,12 @@ mod tests {
         assert_eq!(classify(b"GE"), None);
         assert_eq!(classify(b"GET /very/long/pa"), None);
         assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Detected::Tcp));
-        assert_eq!(classify(b"\x10\x1a\x00\x04MQTT"), Some(Detected::Tcp));
+        assert_eq!(classify(b"\x10\x1a\x00\x04MQTT"), Some(Detected::Mqtt));
+        assert_eq!(classify(b"\x10\x1a\x00\x06MQIsdp\x03"), Some(Detected::Mqtt));
+        assert_eq!(classify(b"\x10\x80\x01\x00\x04MQ"), None);
+        assert_eq!(classify(b"\x10"), None);
+        assert_eq!(classify(b"\x10\x1a\x00\x05MQTTX"), Some(Detected::Tcp));
+        assert_eq!(classify(b"\x10\xff\xff\xff\xff\x00"), Some(Detected::Tcp));
         assert_eq!(classify(b"hello world\r\n"), Some(Detected::Tcp));
         assert_eq!(classify(b"GET / HTTP/2.0\r\n"), Some(Detected::Tcp));
         let long = vec![b'A'; MAX_DETECT_BYTES + 1];

@@ -20,6 +20,7 @@ pub mod io;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod mqtt;
 pub mod policy;
 pub mod pool;
 pub mod route;

@@ -17,6 +17,7 @@ use crate::http::forward::ConnContext;
 use crate::http::h1;
 use crate::http::server::{serve_http1, serve_http2};
 use crate::io::{Metered, PrefixedIo};
+use crate::mqtt;
 use crate::policy::throttle::BandwidthLimits;
 use crate::state::Shared;
 use crate::tcp;
@@ -89,6 +90,7 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
     let mut buffer = BytesMut::new();
     let detected = match listener.protocol {
         ListenerProtocol::Tcp => Detected::Tcp,
+        ListenerProtocol::Mqtt => Detected::Mqtt,
         ListenerProtocol::Auto | ListenerProtocol::Http => {
             buffer = crate::buffers::bytes();
             buffer.reserve(4096);
@@ -124,13 +126,17 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
             let io = BandwidthLimits::wrap(listener.bandwidth.as_ref(), io);
             serve_http2(io, context(Version::HTTP_2), &listener.http).await;
         }
-        Detected::Tcp if listener.protocol == ListenerProtocol::Http => {
+        Detected::Mqtt if listener.protocol != ListenerProtocol::Http => {
+            listener.metrics.accepted_mqtt.inc();
+            mqtt::serve(stream, buffer, client, &shared, &table, &listener).await;
+        }
+        Detected::Tcp | Detected::Mqtt if listener.protocol == ListenerProtocol::Http => {
             listener.metrics.local_reply("bad_request");
             let _ = stream
                 .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\nconnection: close\r\n\r\nbad request\n")
                 .await;
         }
-        Detected::Tcp => {
+        Detected::Tcp | Detected::Mqtt => {
             listener.metrics.accepted_tcp.inc();
             tcp::relay(stream, buffer, client, &shared, &table, &listener).await;
         }

@@ -24,6 +24,8 @@ impl fmt::Display for ValidationError {
 
 /// Largest weight of a split entry or an endpoint.
 pub const MAX_WEIGHT: u32 = 10_000;
+/// The largest packet MQTT can express (a remaining length of 268,435,455 plus the fixed header).
+pub const MAX_MQTT_PACKET: u32 = 268_435_460;
 /// Largest endpoint priority (failover level).
 pub const MAX_PRIORITY: u32 = 15;
 
@@ -185,9 +187,21 @@ impl Validator {
             }
         }
 
+        let mqtt = &listener.mqtt;
+        if !(16..=MAX_MQTT_PACKET).contains(&mqtt.max_packet_size) {
+            self.error(format!("{path}.mqtt.max_packet_size"), format!("must be between 16 and {MAX_MQTT_PACKET}"));
+        }
+        if let Some(timeout) = self.check(format!("{path}.mqtt.connect_timeout"), mqtt.connect_timeout.parse()) {
+            if timeout.is_zero() {
+                self.error(format!("{path}.mqtt.connect_timeout"), "must be greater than 0");
+            }
+        }
+        if !(1.0..=10.0).contains(&mqtt.keepalive_factor) {
+            self.error(format!("{path}.mqtt.keepalive_factor"), "must be between 1.0 and 10.0");
+        }
         if let Some(limit) = &listener.rate_limit {
             self.rate_limit(&format!("{path}.rate_limit"), limit);
-            if listener.protocol == ListenerProtocol::Tcp {
+            if matches!(listener.protocol, ListenerProtocol::Tcp | ListenerProtocol::Mqtt) {
                 self.error(
                     format!("{path}.rate_limit"),
                     "HTTP rate limit on a tcp listener (use connection_rate_limit)",
@@ -212,9 +226,25 @@ impl Validator {
                 }
             }
             self.route(&route_path, route, clusters);
-            if listener.protocol == ListenerProtocol::Tcp {
-                self.tcp_only(&route_path, route);
+            match listener.protocol {
+                ListenerProtocol::Tcp => {
+                    self.tcp_only(&route_path, route, "tcp");
+                    if route.matches.has_mqtt_criteria() {
+                        self.error(format!("{route_path}.match"), "MQTT match criteria on a tcp listener");
+                    }
+                }
+                ListenerProtocol::Mqtt => self.tcp_only(&route_path, route, "mqtt"),
+                ListenerProtocol::Http if route.matches.has_mqtt_criteria() => {
+                    self.error(format!("{route_path}.match"), "MQTT match criteria on an http listener never match");
+                }
+                _ => {}
             }
+            if route.matches.has_http_criteria() && route.matches.has_mqtt_criteria() {
+                self.error(format!("{route_path}.match"), "HTTP and MQTT criteria together never match");
+            }
+        }
+        if listener.protocol == ListenerProtocol::Mqtt && listener.routes.is_empty() {
+            self.error(format!("{path}.routes"), "an mqtt listener needs a route");
         }
         if listener.protocol == ListenerProtocol::Tcp {
             if listener.routes.is_empty() {
@@ -228,27 +258,31 @@ impl Validator {
         }
     }
 
-    fn tcp_only(&mut self, path: &str, route: &Route) {
+    /// Routes of a listener that does not speak HTTP (`kind`: tcp, mqtt).
+    fn tcp_only(&mut self, path: &str, route: &Route, kind: &str) {
         if route.matches.has_http_criteria() {
-            self.error(format!("{path}.match"), "HTTP match criteria on a tcp listener");
+            self.error(format!("{path}.match"), format!("HTTP match criteria on a {kind} listener"));
         }
         if route.timeout.is_some() {
-            self.error(format!("{path}.timeout"), "HTTP timeout on a tcp listener");
+            self.error(format!("{path}.timeout"), format!("HTTP timeout on a {kind} listener"));
         }
         if route.direct_response.is_some() {
-            self.error(format!("{path}.direct_response"), "direct responses need HTTP, not a tcp listener");
+            self.error(format!("{path}.direct_response"), format!("direct responses need HTTP, not a {kind} listener"));
         }
         if !route.request_headers.is_empty() {
-            self.error(format!("{path}.request_headers"), "header edits on a tcp listener");
+            self.error(format!("{path}.request_headers"), format!("header edits on a {kind} listener"));
         }
         if !route.response_headers.is_empty() {
-            self.error(format!("{path}.response_headers"), "header edits on a tcp listener");
+            self.error(format!("{path}.response_headers"), format!("header edits on a {kind} listener"));
         }
         if route.retry.is_some() {
-            self.error(format!("{path}.retry"), "HTTP retries on a tcp listener");
+            self.error(format!("{path}.retry"), format!("HTTP retries on a {kind} listener"));
         }
         if route.rate_limit.is_some() {
-            self.error(format!("{path}.rate_limit"), "HTTP rate limit on a tcp listener (use connection_rate_limit)");
+            self.error(
+                format!("{path}.rate_limit"),
+                format!("HTTP rate limit on a {kind} listener (use connection_rate_limit)"),
+            );
         }
     }
 
@@ -276,6 +310,11 @@ impl Validator {
             }
             Some(PathMatch::Regex(pattern)) => self.regex(&format!("{path}.match.path.regex"), pattern),
             _ => {}
+        }
+        for (field, criterion) in [("client_id", &m.client_id), ("username", &m.username)] {
+            if let Some(PathMatch::Regex(pattern)) = criterion {
+                self.regex(&format!("{path}.match.{field}.regex"), pattern);
+            }
         }
         for (name, matcher) in &m.headers {
             let header_path = format!("{path}.match.headers.{name}");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use config_model::{Config, HashOn, HeaderMatch, LbPolicy, ListenerProtocol, ParsedUpstream, PathMatch};
 use http::{HeaderName, HeaderValue};
 
-use super::matcher::{anchored, HeaderCheck, HostMatcher, PathMatcher, RouteMatcher};
+use super::matcher::{anchored, HeaderCheck, HostMatcher, MqttMatcher, PathMatcher, RouteMatcher};
 use super::*;
 use crate::balance::Balancer;
 use crate::metrics::{
@@ -250,6 +250,7 @@ fn compile_cluster(
         weights: weights.into_boxed_slice(),
         endpoints: endpoints.into_boxed_slice(),
         hash_header,
+        hash_client_id: cluster.hash_on == Some(HashOn::ClientId) && cluster.lb == LbPolicy::RingHash,
     })
 }
 
@@ -315,7 +316,9 @@ fn compile_listener(
             metrics,
         )?);
     }
-    let tcp_route = routes.iter().position(|route: &Route| route.matcher.is_empty() && route.direct.is_none());
+    let tcp_route = routes
+        .iter()
+        .position(|route: &Route| route.matcher.is_empty() && route.mqtt.is_none() && route.direct.is_none());
     let http = &listener.http;
     let connection = |protocol| {
         metrics.connections_total.get_or_create(&ConnectionLabels { listener: listener.name.clone(), protocol }).clone()
@@ -343,6 +346,11 @@ fn compile_listener(
             tcp_route
         },
         routes,
+        mqtt: MqttSettings {
+            max_packet_size: listener.mqtt.max_packet_size,
+            connect_timeout: duration(&format!("{path}.mqtt.connect_timeout"), &listener.mqtt.connect_timeout)?,
+            keepalive_factor: listener.mqtt.keepalive_factor,
+        },
         metrics: ListenerMetrics {
             active: metrics
                 .connections_active
@@ -351,6 +359,7 @@ fn compile_listener(
             accepted_http1: connection("http1"),
             accepted_http2: connection("http2"),
             accepted_tcp: connection("tcp"),
+            accepted_mqtt: connection("mqtt"),
             bytes_rx: direction("rx"),
             bytes_tx: direction("tx"),
             unrouted: RequestMetrics::new(metrics, &listener.name, "", ""),
@@ -433,6 +442,24 @@ fn compile_route(
         };
         headers.push((name, check));
     }
+    let string_matcher = |field: &str, criterion: &Option<PathMatch>| -> Result<Option<PathMatcher>, CompileError> {
+        Ok(match criterion {
+            None => None,
+            Some(PathMatch::Exact(exact)) => Some(PathMatcher::Exact(exact.as_str().into())),
+            Some(PathMatch::Prefix(prefix)) => Some(PathMatcher::Prefix(prefix.as_str().into())),
+            Some(PathMatch::Regex(pattern)) => Some(PathMatcher::Regex(
+                regex::Regex::new(&anchored(pattern))
+                    .map_err(|e| invalid(&format!("{path}.match.{field}.regex"), e))?,
+            )),
+        })
+    };
+    let mqtt = m.has_mqtt_criteria().then_some(()).map(|()| -> Result<_, CompileError> {
+        Ok(MqttMatcher {
+            client_id: string_matcher("client_id", &m.client_id)?,
+            username: string_matcher("username", &m.username)?,
+        })
+    });
+    let mqtt = mqtt.transpose()?;
     let matcher = RouteMatcher {
         host: m.host.as_deref().map(HostMatcher::new),
         path: path_matcher,
@@ -485,6 +512,7 @@ fn compile_route(
     Ok(Route {
         name: name.clone(),
         matcher,
+        mqtt,
         direct,
         split: Split::new(targets),
         timeout,

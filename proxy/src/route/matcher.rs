@@ -113,6 +113,20 @@ impl PathMatcher {
     }
 }
 
+/// MQTT criteria of a route, matched against a CONNECT.
+#[derive(Debug)]
+pub struct MqttMatcher {
+    pub client_id: Option<PathMatcher>,
+    pub username: Option<PathMatcher>,
+}
+
+impl MqttMatcher {
+    pub fn matches(&self, client_id: &str, username: Option<&str>) -> bool {
+        self.client_id.as_ref().is_none_or(|m| m.matches(client_id))
+            && self.username.as_ref().is_none_or(|m| username.is_some_and(|name| m.matches(name)))
+    }
+}
+
 #[derive(Debug)]
 pub enum HeaderCheck {
     Exact(Box<[u8]>),

@@ -58,6 +58,7 @@ pub struct ListenerTable {
     pub routes: Vec<Route>,
     /// The route opaque TCP connections take: the first without HTTP criteria.
     pub tcp_route: Option<usize>,
+    pub mqtt: MqttSettings,
     pub metrics: ListenerMetrics,
     pub rate_limit: Option<Arc<RequestLimiter>>,
     pub connection_rate_limit: Option<Arc<crate::policy::rate_limit::TokenBucket>>,
@@ -66,8 +67,25 @@ pub struct ListenerTable {
 
 impl ListenerTable {
     pub fn route_for(&self, request: &impl RequestView) -> Option<&Route> {
-        self.routes.iter().find(|route| route.matcher.matches(request))
+        self.routes.iter().find(|route| route.mqtt.is_none() && route.matcher.matches(request))
     }
+
+    /// The route of an MQTT connection: the first without HTTP criteria or
+    /// a direct response whose MQTT criteria (if any) fit the CONNECT.
+    pub fn mqtt_route_for(&self, client_id: &str, username: Option<&str>) -> Option<&Route> {
+        self.routes.iter().find(|route| {
+            route.matcher.is_empty()
+                && route.direct.is_none()
+                && route.mqtt.as_ref().is_none_or(|m| m.matches(client_id, username))
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MqttSettings {
+    pub max_packet_size: u32,
+    pub connect_timeout: Duration,
+    pub keepalive_factor: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +105,7 @@ pub struct ListenerMetrics {
     pub accepted_http1: Counter,
     pub accepted_http2: Counter,
     pub accepted_tcp: Counter,
+    pub accepted_mqtt: Counter,
     pub bytes_rx: Counter,
     pub bytes_tx: Counter,
     /// Requests answered before a route or cluster was known.
@@ -103,6 +122,8 @@ impl ListenerMetrics {
 pub struct Route {
     pub name: Arc<str>,
     pub matcher: RouteMatcher,
+    /// MQTT criteria; a route with them takes only MQTT connections.
+    pub mqtt: Option<matcher::MqttMatcher>,
     /// Answer from the proxy instead of forwarding; `split` is empty then.
     pub direct: Option<DirectResponse>,
     pub split: Split,
@@ -221,6 +242,8 @@ pub struct ClusterTable {
     pub overprovisioning_percent: u32,
     /// Header whose value `ring_hash` hashes.
     pub hash_header: Option<HeaderName>,
+    /// `ring_hash` hashes the MQTT client identifier.
+    pub hash_client_id: bool,
     /// Load, limits and availability counts; survives reloads.
     pub state: Arc<ClusterState>,
     pub outlier: Option<OutlierSettings>,

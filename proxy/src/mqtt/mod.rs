@@ -1,0 +1,284 @@
+//! MQTT connections: read the CONNECT, route on it (client id, user name;
+//! sticky by client id), then relay both ways. Packets from the client are
+//! framed and checked (size, fixed-header rules, no second CONNECT) and
+//! forwarded as the original bytes; the broker's bytes are copied as they are.
+//! A violation is answered the MQTT way where the protocol has one (a CONNACK
+//! refusal, a v5 DISCONNECT with a reason) and the connection is closed.
+
+pub mod connect;
+pub mod frame;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use self::connect::{refusal, ConnectError, ConnectInfo};
+use self::frame::{check_client_packet, packet_len, FrameError};
+use crate::access_log::{millis, TcpRecord};
+use crate::balance::PickInput;
+use crate::policy::outlier::TryOutcome;
+use crate::route::{InFlight, ListenerTable, RouteTable};
+use crate::state::Shared;
+use crate::upstream;
+
+/// Tries at reaching a broker: a CONNECT can go to another broker of the
+/// cluster when the first is down, since nothing has been sent yet.
+const CONNECT_TRIES: usize = 3;
+/// Read size for client packets.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// How a relayed MQTT connection ended, for the log.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error("client closed")]
+    ClientClosed,
+    #[error("broker closed")]
+    BrokerClosed,
+    #[error("client idle beyond its keep-alive")]
+    Idle,
+    #[error("{0}")]
+    Violation(FrameError),
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+/// Serves an MQTT client connection. `buf` holds bytes already read (during
+/// detection).
+pub async fn serve(
+    mut client: TcpStream,
+    mut buf: BytesMut,
+    client_addr: SocketAddr,
+    shared: &Shared,
+    table: &RouteTable,
+    listener: &ListenerTable,
+) {
+    let started = Instant::now();
+    let settings = &listener.mqtt;
+    let connect_len =
+        match read_connect(&mut client, &mut buf, settings.max_packet_size, settings.connect_timeout).await {
+            Ok(len) => len,
+            Err(why) => {
+                tracing::debug!(client = %client_addr, why, "MQTT connection closed before a CONNECT");
+                return;
+            }
+        };
+    let level = connect::protocol_level(&buf[..connect_len]).unwrap_or(4);
+    let info = match connect::decode(&buf[..connect_len], settings.max_packet_size) {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::debug!(client = %client_addr, %error, "MQTT CONNECT refused");
+            let codes = match error {
+                ConnectError::UnsupportedLevel(_) => refusal::UNSUPPORTED_VERSION,
+                ConnectError::Malformed(_) => refusal::MALFORMED,
+            };
+            let _ = client.write_all(&refusal::connack(level, codes)).await;
+            return;
+        }
+    };
+    let refuse = |why: &'static str| {
+        tracing::debug!(client = %client_addr, client_id = %info.client_id, why, "MQTT connection refused");
+        refusal::connack(info.level, refusal::SERVER_UNAVAILABLE)
+    };
+
+    let Some(route) = listener.mqtt_route_for(&info.client_id, info.username.as_deref()) else {
+        let _ = client.write_all(&refuse("no route")).await;
+        return;
+    };
+    let target = route.split.pick();
+    let cluster = &table.clusters[target.cluster];
+    let pick = PickInput {
+        client_ip: client_addr.ip(),
+        hash_header: cluster.hash_client_id.then_some(info.client_id.as_bytes()),
+    };
+    let mut connected = None;
+    for _ in 0..CONNECT_TRIES {
+        let Some(endpoint) = cluster.pick(&pick).cloned() else { break };
+        match upstream::connect(&endpoint, cluster.connect_timeout).await {
+            Ok(stream) => {
+                cluster.observe(&endpoint, TryOutcome::Connected);
+                connected = Some((endpoint, stream));
+                break;
+            }
+            Err(crate::error::ConnectError::Overloaded(_)) => break,
+            Err(_) => cluster.observe(&endpoint, TryOutcome::ConnectFailure),
+        }
+    }
+    let Some((endpoint, mut upstream)) = connected else {
+        let _ = client.write_all(&refuse("no broker reachable")).await;
+        return;
+    };
+    let _in_flight = InFlight::start(&endpoint);
+
+    let (mut rx, mut tx) = (0u64, 0u64);
+    let ended = {
+        let (mut client_read, mut client_write) = client.split();
+        let (mut broker_read, mut broker_write) = upstream.tcp_mut().split();
+        // A client silent for keep-alive × factor is gone (MQTT §3.1.2.10).
+        let idle = match info.keep_alive {
+            0 => listener.tcp_idle_timeout,
+            seconds => Duration::from_secs_f64(f64::from(seconds) * settings.keepalive_factor),
+        };
+        let to_broker = client_to_broker(
+            &mut client_read,
+            &mut broker_write,
+            &mut buf,
+            &info,
+            settings.max_packet_size,
+            idle,
+            &mut rx,
+        );
+        let to_client = broker_to_client(&mut broker_read, &mut client_write, &mut tx);
+        let ended = tokio::select! {
+            ended = to_broker => ended,
+            ended = to_client => ended,
+        };
+        if let (Ended::Violation(violation), true) = (&ended, info.is_v5()) {
+            let reason = match violation {
+                FrameError::Malformed(_) => 0x81,
+                FrameError::Protocol(_) => 0x82,
+                FrameError::TooLarge { .. } => 0x95,
+            };
+            let _ = client_write.write_all(&[0xe0, 0x02, reason, 0x00]).await;
+        }
+        ended
+    };
+    if let Some(counters) = &target.tcp_bytes {
+        counters.rx.inc_by(rx);
+        counters.tx.inc_by(tx);
+    }
+    listener.metrics.bytes_rx.inc_by(rx);
+    listener.metrics.bytes_tx.inc_by(tx);
+    match &ended {
+        Ended::Violation(violation) => {
+            tracing::info!(client = %client_addr, client_id = %info.client_id, %violation, "MQTT client disconnected")
+        }
+        other => {
+            tracing::debug!(client = %client_addr, client_id = %info.client_id, ended = %other, "MQTT connection ended")
+        }
+    }
+    if table.access_log {
+        let error = match ended {
+            Ended::ClientClosed | Ended::BrokerClosed => None,
+            other => Some(other.to_string()),
+        };
+        shared.access_log.tcp(
+            table.access_log_format,
+            &TcpRecord {
+                listener: &listener.name,
+                cluster: &cluster.name,
+                client: client_addr,
+                upstream: Some(endpoint.addr),
+                bytes_rx: rx,
+                bytes_tx: tx,
+                duration_ms: millis(started.elapsed()),
+                error,
+            },
+        );
+    }
+}
+
+/// Reads until the first packet is whole; it must be a CONNECT. Returns its length.
+async fn read_connect(
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    max_packet_size: u32,
+    timeout: Duration,
+) -> Result<usize, &'static str> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(&first) = buf.first() {
+            if first != 0x10 {
+                return Err("the first packet is not a CONNECT");
+            }
+        }
+        match packet_len(buf, max_packet_size) {
+            Ok(Some(len)) if buf.len() >= len => return Ok(len),
+            Ok(_) => {}
+            Err(FrameError::TooLarge { .. }) => return Err("CONNECT too large"),
+            Err(_) => return Err("malformed CONNECT"),
+        }
+        buf.reserve(READ_CHUNK);
+        match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
+            Err(_) => return Err("CONNECT not received in time"),
+            Ok(Ok(0)) => return Err("closed"),
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err("read failed"),
+        }
+    }
+}
+
+/// Forwards whole, checked client packets (the CONNECT first, still in `buf`).
+#[allow(clippy::too_many_arguments)]
+async fn client_to_broker<R, W>(
+    client: &mut R,
+    broker: &mut W,
+    buf: &mut BytesMut,
+    info: &ConnectInfo,
+    max_packet_size: u32,
+    idle: Duration,
+    forwarded: &mut u64,
+) -> Ended
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut checked = match packet_len(buf, max_packet_size) {
+        Ok(Some(len)) => len,
+        _ => 0,
+    };
+    loop {
+        // Check every whole packet after those already checked.
+        loop {
+            match packet_len(&buf[checked..], max_packet_size) {
+                Ok(Some(len)) if buf.len() - checked >= len => {
+                    if let Err(violation) = check_client_packet(&buf[checked..checked + len], info.is_v5()) {
+                        return Ended::Violation(violation);
+                    }
+                    checked += len;
+                }
+                Ok(_) => break,
+                Err(violation) => return Ended::Violation(violation),
+            }
+        }
+        if checked > 0 {
+            if let Err(error) = broker.write_all(&buf[..checked]).await {
+                return Ended::Io(error);
+            }
+            *forwarded += checked as u64;
+            buf.advance(checked);
+            checked = 0;
+        }
+        buf.reserve(READ_CHUNK);
+        match tokio::time::timeout(idle, client.read_buf(buf)).await {
+            Err(_) => return Ended::Idle,
+            Ok(Ok(0)) => return Ended::ClientClosed,
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Ended::Io(error),
+        }
+    }
+}
+
+/// Copies the broker's bytes to the client as they come.
+async fn broker_to_client<R, W>(broker: &mut R, client: &mut W, forwarded: &mut u64) -> Ended
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; READ_CHUNK];
+    loop {
+        match broker.read(&mut buffer).await {
+            Ok(0) => return Ended::BrokerClosed,
+            Ok(n) => {
+                if let Err(error) = client.write_all(&buffer[..n]).await {
+                    return Ended::Io(error);
+                }
+                *forwarded += n as u64;
+            }
+            Err(error) => return Ended::Io(error),
+        }
+    }
+}
