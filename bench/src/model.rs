@@ -138,7 +138,7 @@ impl Spread {
         }
         values.sort_by(f64::total_cmp);
         let mid = values.len() / 2;
-        let median = if values.len() % 2 == 0 { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] };
+        let median = if values.len().is_multiple_of(2) { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] };
         Some(Spread { median, min: values[0], max: values[values.len() - 1] })
     }
 }

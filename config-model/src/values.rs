@@ -100,7 +100,7 @@ pub fn parse_duration(text: &str) -> Result<StdDuration, String> {
 
 fn format_duration(value: StdDuration) -> String {
     let millis = value.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}s", millis / 1000)
     } else {
         format!("{millis}ms")

@@ -79,6 +79,19 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MqttPacketLabels {
+    pub listener: String,
+    pub direction: &'static str,
+    pub packet: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MqttQosLabels {
+    pub listener: String,
+    pub qos: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub listener: String,
     pub cluster: String,
@@ -165,6 +178,9 @@ pub struct Metrics {
     pub upstream_ejections: Family<ClusterLabels, Counter>,
     pub upstream_retries: Family<ClusterLabels, Counter>,
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    pub mqtt_packets: Family<MqttPacketLabels, Counter>,
+    pub mqtt_publishes: Family<MqttQosLabels, Counter>,
+    pub mqtt_rejections: Family<LocalReplyLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_generation: Gauge,
     pub config_last_success: Gauge,
@@ -197,6 +213,9 @@ impl Metrics {
             upstream_ejections: Family::default(),
             upstream_retries: Family::default(),
             endpoint_healthy: Family::default(),
+            mqtt_packets: Family::default(),
+            mqtt_publishes: Family::default(),
+            mqtt_rejections: Family::default(),
             config_reloads: Family::default(),
             config_generation: Gauge::default(),
             config_last_success: Gauge::default(),
@@ -278,6 +297,17 @@ impl Metrics {
             "upstream_endpoint_healthy",
             "1 while an endpoint passes its active health checks, 0 while it fails them",
             metrics.endpoint_healthy.clone(),
+        );
+        registry.register(
+            "mqtt_packets",
+            "MQTT packets by type and direction (in: from clients, out: to clients)",
+            metrics.mqtt_packets.clone(),
+        );
+        registry.register("mqtt_publishes", "PUBLISH packets from clients, by QoS", metrics.mqtt_publishes.clone());
+        registry.register(
+            "mqtt_rejections",
+            "MQTT connections refused or closed for a protocol or policy reason",
+            metrics.mqtt_rejections.clone(),
         );
         registry.register(
             "config_reloads",

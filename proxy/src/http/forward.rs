@@ -197,9 +197,9 @@ pub async fn handle(
                     drop(result);
                     policy.wait_backoff(retry, deadline).await;
                     _retry_slot = Some(slot);
-                    if let Some(next) = cluster.pick(&pick) {
-                        let avoid_previous = next.id == endpoint.id && cluster.endpoints.len() > 1;
-                        endpoint = if avoid_previous { cluster.pick(&pick).unwrap_or(next) } else { next }.clone();
+                    // Another endpoint if there is one, else the same again.
+                    if let Some(next) = cluster.pick_untried(&pick, &[endpoint.id]).or_else(|| cluster.pick(&pick)) {
+                        endpoint = next.clone();
                     }
                     continue;
                 }

@@ -7,6 +7,8 @@
 
 pub mod connect;
 pub mod frame;
+pub mod metrics;
+pub mod scan;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +20,8 @@ use tokio::time::Instant;
 
 use self::connect::{refusal, ConnectError, ConnectInfo};
 use self::frame::{check_client_packet, packet_len, FrameError};
+use self::metrics::MqttMetrics;
+use self::scan::PacketScanner;
 use crate::access_log::{millis, TcpRecord};
 use crate::balance::PickInput;
 use crate::policy::outlier::TryOutcome;
@@ -61,31 +65,38 @@ pub async fn serve(
     let connect_len =
         match read_connect(&mut client, &mut buf, settings.max_packet_size, settings.connect_timeout).await {
             Ok(len) => len,
-            Err(why) => {
+            Err((reason, why)) => {
                 tracing::debug!(client = %client_addr, why, "MQTT connection closed before a CONNECT");
+                if let Some(reason) = reason {
+                    listener.metrics.mqtt.rejected(reason);
+                }
                 return;
             }
         };
+    let mqtt_metrics = &listener.metrics.mqtt;
+    mqtt_metrics.packet_in(buf[0]);
     let level = connect::protocol_level(&buf[..connect_len]).unwrap_or(4);
     let info = match connect::decode(&buf[..connect_len], settings.max_packet_size) {
         Ok(info) => info,
         Err(error) => {
             tracing::debug!(client = %client_addr, %error, "MQTT CONNECT refused");
-            let codes = match error {
-                ConnectError::UnsupportedLevel(_) => refusal::UNSUPPORTED_VERSION,
-                ConnectError::Malformed(_) => refusal::MALFORMED,
+            let (codes, reason) = match error {
+                ConnectError::UnsupportedLevel(_) => (refusal::UNSUPPORTED_VERSION, "unsupported_version"),
+                ConnectError::Malformed(_) => (refusal::MALFORMED, "malformed_connect"),
             };
+            mqtt_metrics.rejected(reason);
             let _ = client.write_all(&refusal::connack(level, codes)).await;
             return;
         }
     };
-    let refuse = |why: &'static str| {
+    let refuse = |why: &'static str, reason: &'static str| {
         tracing::debug!(client = %client_addr, client_id = %info.client_id, why, "MQTT connection refused");
+        mqtt_metrics.rejected(reason);
         refusal::connack(info.level, refusal::SERVER_UNAVAILABLE)
     };
 
     let Some(route) = listener.mqtt_route_for(&info.client_id, info.username.as_deref()) else {
-        let _ = client.write_all(&refuse("no route")).await;
+        let _ = client.write_all(&refuse("no route", "no_route")).await;
         return;
     };
     let target = route.split.pick();
@@ -95,8 +106,9 @@ pub async fn serve(
         hash_header: cluster.hash_client_id.then_some(info.client_id.as_bytes()),
     };
     let mut connected = None;
+    let mut tried: Vec<usize> = Vec::new();
     for _ in 0..CONNECT_TRIES {
-        let Some(endpoint) = cluster.pick(&pick).cloned() else { break };
+        let Some(endpoint) = cluster.pick_untried(&pick, &tried).cloned() else { break };
         match upstream::connect(&endpoint, cluster.connect_timeout).await {
             Ok(stream) => {
                 cluster.observe(&endpoint, TryOutcome::Connected);
@@ -104,11 +116,14 @@ pub async fn serve(
                 break;
             }
             Err(crate::error::ConnectError::Overloaded(_)) => break,
-            Err(_) => cluster.observe(&endpoint, TryOutcome::ConnectFailure),
+            Err(_) => {
+                cluster.observe(&endpoint, TryOutcome::ConnectFailure);
+                tried.push(endpoint.id);
+            }
         }
     }
     let Some((endpoint, mut upstream)) = connected else {
-        let _ = client.write_all(&refuse("no broker reachable")).await;
+        let _ = client.write_all(&refuse("no broker reachable", "no_broker")).await;
         return;
     };
     let _in_flight = InFlight::start(&endpoint);
@@ -129,9 +144,10 @@ pub async fn serve(
             &info,
             settings.max_packet_size,
             idle,
+            mqtt_metrics,
             &mut rx,
         );
-        let to_client = broker_to_client(&mut broker_read, &mut client_write, &mut tx);
+        let to_client = broker_to_client(&mut broker_read, &mut client_write, mqtt_metrics, &mut tx);
         let ended = tokio::select! {
             ended = to_broker => ended,
             ended = to_client => ended,
@@ -152,6 +168,15 @@ pub async fn serve(
     }
     listener.metrics.bytes_rx.inc_by(rx);
     listener.metrics.bytes_tx.inc_by(tx);
+    match &ended {
+        Ended::Violation(violation) => mqtt_metrics.rejected(match violation {
+            FrameError::Malformed(_) => "malformed",
+            FrameError::Protocol(_) => "protocol_error",
+            FrameError::TooLarge { .. } => "too_large",
+        }),
+        Ended::Idle => mqtt_metrics.rejected("idle"),
+        _ => {}
+    }
     match &ended {
         Ended::Violation(violation) => {
             tracing::info!(client = %client_addr, client_id = %info.client_id, %violation, "MQTT client disconnected")
@@ -181,32 +206,34 @@ pub async fn serve(
     }
 }
 
-/// Reads until the first packet is whole; it must be a CONNECT. Returns its length.
+/// Reads until the first packet is whole; it must be a CONNECT. Returns its
+/// length, or the rejection metric's reason (none for a client that just
+/// went away) and what happened.
 async fn read_connect(
     client: &mut TcpStream,
     buf: &mut BytesMut,
     max_packet_size: u32,
     timeout: Duration,
-) -> Result<usize, &'static str> {
+) -> Result<usize, (Option<&'static str>, &'static str)> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(&first) = buf.first() {
             if first != 0x10 {
-                return Err("the first packet is not a CONNECT");
+                return Err((Some("not_connect"), "the first packet is not a CONNECT"));
             }
         }
         match packet_len(buf, max_packet_size) {
             Ok(Some(len)) if buf.len() >= len => return Ok(len),
             Ok(_) => {}
-            Err(FrameError::TooLarge { .. }) => return Err("CONNECT too large"),
-            Err(_) => return Err("malformed CONNECT"),
+            Err(FrameError::TooLarge { .. }) => return Err((Some("too_large"), "CONNECT too large")),
+            Err(_) => return Err((Some("malformed_connect"), "malformed CONNECT")),
         }
         buf.reserve(READ_CHUNK);
         match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
-            Err(_) => return Err("CONNECT not received in time"),
-            Ok(Ok(0)) => return Err("closed"),
+            Err(_) => return Err((Some("connect_timeout"), "CONNECT not received in time")),
+            Ok(Ok(0)) => return Err((None, "closed")),
             Ok(Ok(_)) => {}
-            Ok(Err(_)) => return Err("read failed"),
+            Ok(Err(_)) => return Err((None, "read failed")),
         }
     }
 }
@@ -220,6 +247,7 @@ async fn client_to_broker<R, W>(
     info: &ConnectInfo,
     max_packet_size: u32,
     idle: Duration,
+    metrics: &MqttMetrics,
     forwarded: &mut u64,
 ) -> Ended
 where
@@ -238,6 +266,7 @@ where
                     if let Err(violation) = check_client_packet(&buf[checked..checked + len], info.is_v5()) {
                         return Ended::Violation(violation);
                     }
+                    metrics.packet_in(buf[checked]);
                     checked += len;
                 }
                 Ok(_) => break,
@@ -262,17 +291,26 @@ where
     }
 }
 
-/// Copies the broker's bytes to the client as they come.
-async fn broker_to_client<R, W>(broker: &mut R, client: &mut W, forwarded: &mut u64) -> Ended
+/// Copies the broker's bytes to the client as they come, counting packets
+/// as their headers go by.
+async fn broker_to_client<R, W>(broker: &mut R, client: &mut W, metrics: &MqttMetrics, forwarded: &mut u64) -> Ended
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buffer = vec![0u8; READ_CHUNK];
+    let mut scanner = Some(PacketScanner::default());
     loop {
         match broker.read(&mut buffer).await {
             Ok(0) => return Ended::BrokerClosed,
             Ok(n) => {
+                if let Some(scan) = scanner.as_mut() {
+                    if scan.feed(&buffer[..n], |first| metrics.packet_out(first)).is_err() {
+                        // Not MQTT framing any more: relay on, stop counting.
+                        tracing::debug!("broker stream no longer framed as MQTT; packet counts stop");
+                        scanner = None;
+                    }
+                }
                 if let Err(error) = client.write_all(&buffer[..n]).await {
                     return Ended::Io(error);
                 }

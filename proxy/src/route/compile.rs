@@ -367,6 +367,7 @@ fn compile_listener(
                 let labels = LocalReplyLabels { listener: listener.name.clone(), reason };
                 metrics.http_local_replies.get_or_create(&labels).clone()
             }),
+            mqtt: crate::mqtt::metrics::MqttMetrics::new(metrics, &listener.name),
         },
         rate_limit: request_limiter(
             registry,

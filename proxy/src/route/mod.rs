@@ -111,6 +111,7 @@ pub struct ListenerMetrics {
     /// Requests answered before a route or cluster was known.
     pub unrouted: RequestMetrics,
     pub local_replies: ReasonCounters,
+    pub mqtt: crate::mqtt::metrics::MqttMetrics,
 }
 
 impl ListenerMetrics {
@@ -279,6 +280,23 @@ impl ClusterTable {
             return self.pick_in(self.levels.first()?, input);
         }
         self.pick_degraded(input)
+    }
+
+    /// An endpoint for a retry or another connection attempt, other than
+    /// those already tried (by id). The balancer's pick when it offers a new
+    /// one; otherwise (ring hash gives the same endpoint for the same key)
+    /// the next available endpoint after the last one tried, in the
+    /// cluster's order: deterministic, so the clients of a dead endpoint all
+    /// move to the same one.
+    pub fn pick_untried(&self, input: &PickInput<'_>, tried: &[usize]) -> Option<&Arc<EndpointState>> {
+        if let Some(picked) = self.pick(input).filter(|picked| !tried.contains(&picked.id)) {
+            return Some(picked);
+        }
+        let Some(last) = tried.last() else { return self.pick(input) };
+        let start = self.endpoints.iter().position(|e| e.id == *last).unwrap_or(0);
+        (1..=self.endpoints.len())
+            .map(|i| &self.endpoints[(start + i) % self.endpoints.len()])
+            .find(|e| e.health.is_available() && !tried.contains(&e.id))
     }
 
     fn pick_in(&self, level: &Level, input: &PickInput<'_>) -> Option<&Arc<EndpointState>> {

@@ -9,12 +9,19 @@
 mod faulty;
 mod grpc;
 mod http;
+mod mosquitto;
+mod mqtt_stub;
 mod tcp;
 mod ws;
 
 pub use self::faulty::{FaultyUpstream, Mode, X_BODY_LEN, X_REQUEST_INDEX};
 pub use self::grpc::{CountRequest, EchoReply, EchoRequest, GrpcClient, GrpcUpstream, SERVICE_NAME as GRPC_SERVICE};
 pub use self::http::{bytes_pattern, HttpProto, HttpUpstream, CHUNKS, X_UPSTREAM};
+pub use self::mosquitto::{
+    publish, retained_on, try_publish, ClientOptions, Message, Mosquitto, MqttVersion, PubOutput, Subscriber,
+    CLIENT_TIMEOUT as MQTT_CLIENT_TIMEOUT,
+};
+pub use self::mqtt_stub::MqttStub;
 pub use self::tcp::TcpEcho;
 pub use self::ws::{ws_roundtrip, WsEcho};
 

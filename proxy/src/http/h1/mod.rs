@@ -400,11 +400,11 @@ impl Connection {
     fn pick_endpoint<'t>(&self, cluster: &'t ClusterTable, previous: Option<usize>) -> Option<&'t Arc<EndpointState>> {
         let hash_header = cluster.hash_header.as_ref().and_then(|name| self.head.header(&self.buf, name));
         let pick = PickInput { client_ip: self.client.ip(), hash_header };
-        let endpoint = cluster.pick(&pick)?;
-        if previous == Some(endpoint.id) && cluster.endpoints.len() > 1 {
-            return cluster.pick(&pick).or(Some(endpoint));
+        match previous {
+            // Another endpoint if there is one, else the same again.
+            Some(previous) => cluster.pick_untried(&pick, &[previous]).or_else(|| cluster.pick(&pick)),
+            None => cluster.pick(&pick),
         }
-        Some(endpoint)
     }
 
     /// Writes the request upstream and reads the final response head,
