@@ -306,3 +306,41 @@ fn every_example_config_is_valid() {
     }
     assert!(checked >= 2, "found {checked} example configs");
 }
+
+#[test]
+fn mqtt_errors_name_their_paths() {
+    let bad = r#"
+listeners:
+  - name: mqtt
+    bind: 127.0.0.1:1883
+    protocol: mqtt
+    mqtt: { max_packet_size: 1, connect_timeout: 0s, keepalive_factor: 0.5, publish_rate: { per: 1s } }
+    rate_limit: { requests: 10 }
+    routes:
+      - { match: { path: { prefix: / } }, cluster: brokers }
+      - { match: { client_id: { regex: "(" } }, cluster: brokers }
+  - name: web
+    bind: 127.0.0.1:8080
+    protocol: http
+    routes: [ { match: { client_id: { prefix: a } }, cluster: brokers } ]
+  - name: both
+    bind: 127.0.0.1:8081
+    routes: [ { match: { username: { exact: a }, method: GET }, cluster: brokers } ]
+clusters:
+  - { name: brokers, lb: ring_hash, hash_on: client_id, endpoints: [ 127.0.0.1:1884 ] }
+"#;
+    let found = errors(&from_yaml_str(bad).expect("parses"));
+    for expected in [
+        "listeners[0].mqtt.max_packet_size: must be between 16 and",
+        "listeners[0].mqtt.connect_timeout: must be greater than 0",
+        "listeners[0].mqtt.keepalive_factor: must be between 1.0 and 10.0",
+        "listeners[0].mqtt.publish_rate: needs messages, bytes or both",
+        "listeners[0].rate_limit: HTTP rate limit on a mqtt listener (use mqtt.publish_rate",
+        "listeners[0].routes[0].match: HTTP match criteria on a mqtt listener",
+        "listeners[0].routes[1].match.client_id.regex: invalid regex",
+        "listeners[1].routes[0].match: MQTT match criteria on an http listener never match",
+        "listeners[2].routes[0].match: HTTP and MQTT criteria together never match",
+    ] {
+        assert!(found.iter().any(|error| error.starts_with(expected)), "missing {expected:?} in {found:#?}");
+    }
+}

@@ -574,3 +574,65 @@ async fn auto_listener_detects_mqtt() {
     })
     .await;
 }
+
+/// How many times `needle` occurs in `haystack`.
+fn occurrences(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).filter(|window| *window == needle).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_rate_pauses_a_fast_publisher() {
+    guard(async {
+        let stub = MqttStub::start().await;
+        let listener = "    mqtt: { publish_rate: { messages: 10, per: 1s, burst: 1 } }\n";
+        let proxy =
+            TestProxy::start(&config("mqtt", listener, &["{ cluster: stub }"], &cluster("stub", &[stub.addr()], &[])));
+        let mut stream = connected(proxy.addr("mqtt"), 4, "fast").await;
+        // 11 PUBLISHes at once: 1 passes, 10 more follow at 10/s.
+        let burst: Vec<u8> = (0..11).flat_map(|_| publish_packet("rate/t", b"x", false)).collect();
+        let start = Instant::now();
+        stream.write_all(&burst).await.expect("write");
+        edgeplane_tests::harness::eventually("all 11 PUBLISHes at the broker", LIMIT, || async {
+            occurrences(&stub.received(), b"rate/t") == 11
+        })
+        .await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(850) && took <= Duration::from_millis(2500),
+            "11 messages at 10/s (burst 1) took {took:?}"
+        );
+        // Paused, not cut off: the connection still answers.
+        stream.write_all(&[0xc0, 0x00]).await.expect("PINGREQ");
+        assert_eq!(read_packet(&mut stream).await, [0xd0, 0x00]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_rate_disconnects_when_configured() {
+    guard(async {
+        let stub = MqttStub::start().await;
+        let listener = "    mqtt: { publish_rate: { messages: 2, per: 10s, on_exceed: disconnect } }\n";
+        let proxy =
+            TestProxy::start(&config("mqtt", listener, &["{ cluster: stub }"], &cluster("stub", &[stub.addr()], &[])));
+        let three: Vec<u8> = (0..3).flat_map(|_| publish_packet("limit/t", b"x", true)).collect();
+        // v5: DISCONNECT 0x96 "message rate too high", then the close.
+        assert_eq!(after_connect(proxy.addr("mqtt"), 5, "v5-fast", &three).await, [0xe0, 0x02, 0x96, 0x00]);
+        // v3.1.1 has no way to say it: just the close.
+        let three: Vec<u8> = (0..3).flat_map(|_| publish_packet("limit/u", b"x", false)).collect();
+        assert_eq!(after_connect(proxy.addr("mqtt"), 4, "v3-fast", &three).await, [] as [u8; 0]);
+        edgeplane_tests::harness::eventually("the allowed PUBLISHes at the broker", LIMIT, || async {
+            let received = stub.received();
+            occurrences(&received, b"limit/t") == 2 && occurrences(&received, b"limit/u") == 2
+        })
+        .await;
+        let (_, metrics) = proxy.admin_get("/metrics").await;
+        let rejected = edgeplane_tests::harness::find_metric(
+            &metrics,
+            "edgeplane_mqtt_rejections_total",
+            &[("listener", "mqtt"), ("reason", "rate_limited")],
+        );
+        assert_eq!(rejected, Some(2.0));
+    })
+    .await;
+}

@@ -199,13 +199,37 @@ impl Validator {
         if !(1.0..=10.0).contains(&mqtt.keepalive_factor) {
             self.error(format!("{path}.mqtt.keepalive_factor"), "must be between 1.0 and 10.0");
         }
+        if let Some(rate) = &mqtt.publish_rate {
+            let p = format!("{path}.mqtt.publish_rate");
+            if rate.messages.is_none() && rate.bytes.is_none() {
+                self.error(p.clone(), "needs messages, bytes or both");
+            }
+            if rate.messages == Some(0) {
+                self.error(format!("{p}.messages"), "must be at least 1");
+            }
+            if rate.burst == Some(0) {
+                self.error(format!("{p}.burst"), "must be at least 1");
+            }
+            if let Some(per) = self.check(format!("{p}.per"), rate.per.parse()) {
+                if per.is_zero() {
+                    self.error(format!("{p}.per"), "must be greater than 0");
+                }
+            }
+            if let Some(bytes) = &rate.bytes {
+                self.check(format!("{p}.bytes"), bytes.parse());
+            }
+        }
         if let Some(limit) = &listener.rate_limit {
             self.rate_limit(&format!("{path}.rate_limit"), limit);
-            if matches!(listener.protocol, ListenerProtocol::Tcp | ListenerProtocol::Mqtt) {
-                self.error(
-                    format!("{path}.rate_limit"),
-                    "HTTP rate limit on a tcp listener (use connection_rate_limit)",
-                );
+            let kind = match listener.protocol {
+                ListenerProtocol::Tcp => Some("tcp"),
+                ListenerProtocol::Mqtt => Some("mqtt"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let hint =
+                    if kind == "mqtt" { "mqtt.publish_rate or connection_rate_limit" } else { "connection_rate_limit" };
+                self.error(format!("{path}.rate_limit"), format!("HTTP rate limit on a {kind} listener (use {hint})"));
             }
         }
         if let Some(limit) = &listener.connection_rate_limit {

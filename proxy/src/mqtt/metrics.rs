@@ -26,7 +26,7 @@ const PACKET_NAMES: [&str; 16] = [
 ];
 
 /// Why an MQTT connection was refused or closed by edgeplane.
-pub const REJECTION_REASONS: [&str; 10] = [
+pub const REJECTION_REASONS: [&str; 11] = [
     "no_route",
     "no_broker",
     "unsupported_version",
@@ -37,6 +37,7 @@ pub const REJECTION_REASONS: [&str; 10] = [
     "malformed",
     "protocol_error",
     "idle",
+    "rate_limited",
 ];
 
 pub struct MqttMetrics {

@@ -8,6 +8,7 @@
 pub mod connect;
 pub mod frame;
 pub mod metrics;
+pub mod publish_rate;
 pub mod scan;
 
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ enum Ended {
     BrokerClosed,
     #[error("client idle beyond its keep-alive")]
     Idle,
+    #[error("client over its publish rate")]
+    RateExceeded,
     #[error("{0}")]
     Violation(FrameError),
     #[error("{0}")]
@@ -144,6 +147,7 @@ pub async fn serve(
             &info,
             settings.max_packet_size,
             idle,
+            settings.publish_rate.as_ref().map(publish_rate::PublishRate::buckets),
             mqtt_metrics,
             &mut rx,
         );
@@ -152,12 +156,15 @@ pub async fn serve(
             ended = to_broker => ended,
             ended = to_client => ended,
         };
-        if let (Ended::Violation(violation), true) = (&ended, info.is_v5()) {
-            let reason = match violation {
-                FrameError::Malformed(_) => 0x81,
-                FrameError::Protocol(_) => 0x82,
-                FrameError::TooLarge { .. } => 0x95,
-            };
+        let reason = match &ended {
+            Ended::Violation(FrameError::Malformed(_)) => Some(0x81),
+            Ended::Violation(FrameError::Protocol(_)) => Some(0x82),
+            Ended::Violation(FrameError::TooLarge { .. }) => Some(0x95),
+            // "Message rate too high".
+            Ended::RateExceeded => Some(0x96),
+            _ => None,
+        };
+        if let (Some(reason), true) = (reason, info.is_v5()) {
             let _ = client_write.write_all(&[0xe0, 0x02, reason, 0x00]).await;
         }
         ended
@@ -175,6 +182,7 @@ pub async fn serve(
             FrameError::TooLarge { .. } => "too_large",
         }),
         Ended::Idle => mqtt_metrics.rejected("idle"),
+        Ended::RateExceeded => mqtt_metrics.rejected("rate_limited"),
         _ => {}
     }
     match &ended {
@@ -247,6 +255,7 @@ async fn client_to_broker<R, W>(
     info: &ConnectInfo,
     max_packet_size: u32,
     idle: Duration,
+    publish_limits: Option<publish_rate::PublishBuckets>,
     metrics: &MqttMetrics,
     forwarded: &mut u64,
 ) -> Ended
@@ -259,20 +268,26 @@ where
         _ => 0,
     };
     loop {
-        // Check every whole packet after those already checked.
-        loop {
+        // Check every whole packet after those already checked. A packet
+        // that ends the connection still lets the good ones before it go.
+        let stop = loop {
             match packet_len(&buf[checked..], max_packet_size) {
                 Ok(Some(len)) if buf.len() - checked >= len => {
                     if let Err(violation) = check_client_packet(&buf[checked..checked + len], info.is_v5()) {
-                        return Ended::Violation(violation);
+                        break Some(Ended::Violation(violation));
                     }
                     metrics.packet_in(buf[checked]);
+                    if let (Some(limits), frame::kind::PUBLISH) = (&publish_limits, buf[checked] >> 4) {
+                        if limits.admit(len).await.is_err() {
+                            break Some(Ended::RateExceeded);
+                        }
+                    }
                     checked += len;
                 }
-                Ok(_) => break,
-                Err(violation) => return Ended::Violation(violation),
+                Ok(_) => break None,
+                Err(violation) => break Some(Ended::Violation(violation)),
             }
-        }
+        };
         if checked > 0 {
             if let Err(error) = broker.write_all(&buf[..checked]).await {
                 return Ended::Io(error);
@@ -280,6 +295,9 @@ where
             *forwarded += checked as u64;
             buf.advance(checked);
             checked = 0;
+        }
+        if let Some(ended) = stop {
+            return ended;
         }
         buf.reserve(READ_CHUNK);
         match tokio::time::timeout(idle, client.read_buf(buf)).await {

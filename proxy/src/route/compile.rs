@@ -350,6 +350,13 @@ fn compile_listener(
             max_packet_size: listener.mqtt.max_packet_size,
             connect_timeout: duration(&format!("{path}.mqtt.connect_timeout"), &listener.mqtt.connect_timeout)?,
             keepalive_factor: listener.mqtt.keepalive_factor,
+            publish_rate: match &listener.mqtt.publish_rate {
+                Some(rate) => Some(
+                    crate::mqtt::publish_rate::PublishRate::compile(rate)
+                        .map_err(|m| invalid(&format!("{path}.mqtt.publish_rate"), m))?,
+                ),
+                None => None,
+            },
         },
         metrics: ListenerMetrics {
             active: metrics

@@ -86,6 +86,7 @@ pub struct MqttSettings {
     pub max_packet_size: u32,
     pub connect_timeout: Duration,
     pub keepalive_factor: f64,
+    pub publish_rate: Option<crate::mqtt::publish_rate::PublishRate>,
 }
 
 #[derive(Clone, Debug)]
