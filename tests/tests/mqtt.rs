@@ -43,6 +43,12 @@ fn cluster(name: &str, endpoints: &[SocketAddr], settings: &[&str]) -> String {
     yaml
 }
 
+/// A proxy with listener `mqtt` (`protocol`, extra listener lines) sending
+/// everything to one broker.
+fn one_broker_proxy(protocol: &str, listener_extra: &str, broker: SocketAddr) -> TestProxy {
+    TestProxy::start(&config(protocol, listener_extra, &["{ cluster: broker }"], &cluster("broker", &[broker], &[])))
+}
+
 const RING_HASH: [&str; 2] = ["lb: ring_hash", "hash_on: client_id"];
 
 /// A loopback port nothing listens on (bound, then closed).
@@ -185,8 +191,7 @@ const V5_DISCONNECT_MALFORMED: [u8; 4] = [0xe0, 0x02, 0x81, 0x00];
 async fn qos_0_1_2_round_trip_on_every_version() {
     guard(async {
         let broker = Mosquitto::start().await;
-        let proxy =
-            TestProxy::start(&config("mqtt", "", &["{ cluster: broker }"], &cluster("broker", &[broker.addr()], &[])));
+        let proxy = one_broker_proxy("mqtt", "", broker.addr());
         let addr = proxy.addr("mqtt");
         let cases: Vec<(MqttVersion, u8)> =
             MqttVersion::ALL.iter().flat_map(|v| (0..=2).map(move |q| (*v, q))).collect();
@@ -217,8 +222,7 @@ async fn qos_0_1_2_round_trip_on_every_version() {
 async fn retained_message_reaches_a_later_subscriber() {
     guard(async {
         let broker = Mosquitto::start().await;
-        let proxy =
-            TestProxy::start(&config("mqtt", "", &["{ cluster: broker }"], &cluster("broker", &[broker.addr()], &[])));
+        let proxy = one_broker_proxy("mqtt", "", broker.addr());
         let addr = proxy.addr("mqtt");
         publish(addr, &opts().qos(1).version(MqttVersion::V5), "retained/kept", "kept payload", true).await;
         let mut subscriber = Subscriber::start(addr, &opts().qos(1), "retained/#", &["-C", "1"]).await;
@@ -236,8 +240,7 @@ async fn retained_message_reaches_a_later_subscriber() {
 async fn will_is_published_when_the_client_dies() {
     guard(async {
         let broker = Mosquitto::start().await;
-        let proxy =
-            TestProxy::start(&config("mqtt", "", &["{ cluster: broker }"], &cluster("broker", &[broker.addr()], &[])));
+        let proxy = one_broker_proxy("mqtt", "", broker.addr());
         let addr = proxy.addr("mqtt");
         let watcher = Subscriber::start(addr, &opts().qos(1), "will/#", &[]).await;
         // Keep-alive 60 s: the broker would not notice the death by itself
@@ -513,8 +516,7 @@ async fn silent_clients_are_closed_after_one_and_a_half_keep_alives() {
     guard(async {
         // The stub never closes a connection: a close is the proxy's.
         let stub = MqttStub::start().await;
-        let proxy =
-            TestProxy::start(&config("mqtt", "", &["{ cluster: stub }"], &cluster("stub", &[stub.addr()], &[])));
+        let proxy = one_broker_proxy("mqtt", "", stub.addr());
         let addr = proxy.addr("mqtt");
         let silent = async {
             let mut stream = connect(addr).await;
@@ -554,8 +556,7 @@ async fn silent_clients_are_closed_after_one_and_a_half_keep_alives() {
 async fn auto_listener_detects_mqtt() {
     guard(async {
         let broker = Mosquitto::start().await;
-        let proxy =
-            TestProxy::start(&config("auto", "", &["{ cluster: broker }"], &cluster("broker", &[broker.addr()], &[])));
+        let proxy = one_broker_proxy("auto", "", broker.addr());
         let addr = proxy.addr("mqtt");
         for version in MqttVersion::ALL {
             let options = opts().version(version).qos(1);
@@ -585,8 +586,7 @@ async fn publish_rate_pauses_a_fast_publisher() {
     guard(async {
         let stub = MqttStub::start().await;
         let listener = "    mqtt: { publish_rate: { messages: 10, per: 1s, burst: 1 } }\n";
-        let proxy =
-            TestProxy::start(&config("mqtt", listener, &["{ cluster: stub }"], &cluster("stub", &[stub.addr()], &[])));
+        let proxy = one_broker_proxy("mqtt", listener, stub.addr());
         let mut stream = connected(proxy.addr("mqtt"), 4, "fast").await;
         // 11 PUBLISHes at once: 1 passes, 10 more follow at 10/s.
         let burst: Vec<u8> = (0..11).flat_map(|_| publish_packet("rate/t", b"x", false)).collect();
@@ -613,8 +613,7 @@ async fn publish_rate_disconnects_when_configured() {
     guard(async {
         let stub = MqttStub::start().await;
         let listener = "    mqtt: { publish_rate: { messages: 2, per: 10s, on_exceed: disconnect } }\n";
-        let proxy =
-            TestProxy::start(&config("mqtt", listener, &["{ cluster: stub }"], &cluster("stub", &[stub.addr()], &[])));
+        let proxy = one_broker_proxy("mqtt", listener, stub.addr());
         let three: Vec<u8> = (0..3).flat_map(|_| publish_packet("limit/t", b"x", true)).collect();
         // v5: DISCONNECT 0x96 "message rate too high", then the close.
         assert_eq!(after_connect(proxy.addr("mqtt"), 5, "v5-fast", &three).await, [0xe0, 0x02, 0x96, 0x00]);
