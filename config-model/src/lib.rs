@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod model;
+mod mqtt;
 mod policy;
 mod string_or;
 mod validate;
@@ -24,6 +25,7 @@ mod values;
 use std::path::Path;
 
 pub use model::*;
+pub use mqtt::*;
 pub use policy::*;
 pub use validate::{validate, ValidationError, MAX_WEIGHT};
 pub use values::{parse_duration, BindAddress, ByteRate, Duration, ParsedUpstream, UpstreamAddress};

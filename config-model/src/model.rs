@@ -12,8 +12,9 @@ use std::time::Duration as StdDuration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::mqtt::MqttOptions;
 use crate::policy::*;
-use crate::values::{BindAddress, ByteRate, Duration, UpstreamAddress};
+use crate::values::{BindAddress, Duration, UpstreamAddress};
 
 /// The whole edgeplane configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -208,70 +209,6 @@ pub struct TcpOptions {
 impl Default for TcpOptions {
     fn default() -> Self {
         Self { idle_timeout: defaults::tcp_idle_timeout() }
-    }
-}
-
-/// MQTT settings of a listener.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MqttOptions {
-    /// Largest packet accepted from a client (fixed header included); a
-    /// bigger one closes the connection (v5: DISCONNECT 0x95 first).
-    #[serde(default = "defaults::mqtt_max_packet_size")]
-    pub max_packet_size: u32,
-    /// Time allowed for the CONNECT to arrive whole.
-    #[serde(default = "defaults::mqtt_connect_timeout")]
-    pub connect_timeout: Duration,
-    /// A client silent for this many times its keep-alive is disconnected
-    /// (the spec's 1.5); keep-alive 0 means no limit beyond `tcp.idle_timeout`.
-    #[serde(default = "defaults::mqtt_keepalive_factor")]
-    pub keepalive_factor: f64,
-    /// Limits of each client connection's PUBLISH packets; none when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publish_rate: Option<MqttPublishRate>,
-}
-
-/// PUBLISH limits of one MQTT client connection (EMQX's `messages_rate` and
-/// `bytes_rate`): token buckets for messages and for PUBLISH bytes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MqttPublishRate {
-    /// PUBLISH packets allowed every `per`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub messages: Option<u32>,
-    /// The refill period of `messages`.
-    #[serde(default = "defaults::mqtt_rate_per")]
-    pub per: Duration,
-    /// PUBLISH packets that may pass at once. Default: `messages`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u32>,
-    /// PUBLISH bytes per second (whole packets).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<ByteRate>,
-    /// What happens to a client over the limit.
-    #[serde(default)]
-    pub on_exceed: MqttRateAction,
-}
-
-/// What happens to an MQTT client over its publish rate.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum MqttRateAction {
-    /// Stop reading from the client until tokens are back (back-pressure, as EMQX does).
-    #[default]
-    Pause,
-    /// Disconnect it (MQTT 5: DISCONNECT 0x96 "message rate too high" first).
-    Disconnect,
-}
-
-impl Default for MqttOptions {
-    fn default() -> Self {
-        Self {
-            max_packet_size: defaults::mqtt_max_packet_size(),
-            connect_timeout: defaults::mqtt_connect_timeout(),
-            keepalive_factor: defaults::mqtt_keepalive_factor(),
-            publish_rate: None,
-        }
     }
 }
 
@@ -710,6 +647,12 @@ pub mod defaults {
     }
     pub fn mqtt_rate_per() -> Duration {
         Duration::from_std(StdDuration::from_secs(1))
+    }
+    pub fn acl_no_match() -> crate::mqtt::AclPermission {
+        crate::mqtt::AclPermission::Allow
+    }
+    pub fn acl_topic_alias_maximum() -> u16 {
+        32
     }
     pub fn content_type() -> String {
         "text/plain".into()

@@ -344,3 +344,45 @@ clusters:
         assert!(found.iter().any(|error| error.starts_with(expected)), "missing {expected:?} in {found:#?}");
     }
 }
+
+#[test]
+fn mqtt_access_errors_name_their_paths() {
+    let bad = r#"
+listeners:
+  - name: mqtt
+    bind: 127.0.0.1:1883
+    protocol: mqtt
+    mqtt:
+      client_ids: { deny: [ { regex: "[" } ] }
+      usernames: { allow: [ { exact: a }, { regex: "(" } ] }
+      users:
+        - { username: a, password: x }
+        - { username: a, password_sha256: "abc" }
+        - { username: b }
+        - { username: c, password: x, password_sha256: "0000000000000000000000000000000000000000000000000000000000000000" }
+      acl:
+        rules:
+          - { permission: allow, topics: [] }
+          - { permission: deny, topics: ["a/#/b", "a+", "x/${user}", "ok/+/#"], client_id: { regex: "(" } }
+    routes: [ { cluster: brokers } ]
+clusters:
+  - { name: brokers, endpoints: [ 127.0.0.1:1884 ] }
+"#;
+    let found = errors(&from_yaml_str(bad).expect("parses"));
+    for expected in [
+        "listeners[0].mqtt.client_ids.deny[0].regex: invalid regex",
+        "listeners[0].mqtt.usernames.allow[1].regex: invalid regex",
+        "listeners[0].mqtt.users[1].username: duplicate user \"a\" (also users[0])",
+        "listeners[0].mqtt.users[1].password_sha256: must be 64 hex digits",
+        "listeners[0].mqtt.users[2]: needs exactly one of password and password_sha256",
+        "listeners[0].mqtt.users[3]: needs exactly one of password and password_sha256",
+        "listeners[0].mqtt.acl.rules[0].topics: needs at least one topic filter",
+        "listeners[0].mqtt.acl.rules[1].topics[0]: \"a/#/b\": '#' must be the last level",
+        "listeners[0].mqtt.acl.rules[1].topics[1]: \"a+\": '+' and '#' must fill a whole level",
+        "listeners[0].mqtt.acl.rules[1].topics[2]: \"x/${user}\": unknown placeholder ${user}",
+        "listeners[0].mqtt.acl.rules[1].client_id.regex: invalid regex",
+    ] {
+        assert!(found.iter().any(|error| error.starts_with(expected)), "missing {expected:?} in {found:#?}");
+    }
+    assert!(!found.iter().any(|error| error.contains("topics[3]")), "a valid filter was refused: {found:#?}");
+}

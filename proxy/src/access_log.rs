@@ -1,4 +1,4 @@
-//! Access log: one line per HTTP request or TCP connection, on standard output.
+//! Access log: one line per HTTP request, TCP or MQTT connection, on standard output.
 //!
 //! Lines go through a bounded queue to a writer thread, so a slow stdout
 //! never blocks a worker (lines are dropped instead, like Envoy's buffered
@@ -49,6 +49,26 @@ pub struct TcpRecord<'a> {
     pub error: Option<String>,
 }
 
+/// One MQTT connection (or a CONNECT refused by the proxy: no upstream).
+#[derive(Serialize)]
+pub struct MqttRecord<'a> {
+    pub listener: &'a str,
+    pub cluster: &'a str,
+    pub client: SocketAddr,
+    pub upstream: Option<SocketAddr>,
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+    /// `3.1`, `3.1.1` or `5`.
+    pub protocol: &'static str,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub publishes_in: u64,
+    pub bytes_rx: u64,
+    pub bytes_tx: u64,
+    pub duration_ms: f64,
+    pub error: Option<String>,
+}
+
 #[derive(Serialize)]
 struct Line<'a, R> {
     time: String,
@@ -74,6 +94,10 @@ impl AccessLogger {
 
     pub fn tcp(&self, format: LogFormat, record: &TcpRecord<'_>) {
         self.write(format, "tcp", record);
+    }
+
+    pub fn mqtt(&self, format: LogFormat, record: &MqttRecord<'_>) {
+        self.write(format, "mqtt", record);
     }
 
     fn write<R: Serialize>(&self, format: LogFormat, kind: &'static str, record: &R) {

@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod harness;
+pub mod mqtt_wire;
 pub mod process;
 pub mod upstream;

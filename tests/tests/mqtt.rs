@@ -13,41 +13,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use edgeplane_tests::harness::{guard, TestProxy};
+use edgeplane_tests::mqtt_wire::*;
 use edgeplane_tests::upstream::{
     publish, retained_on, try_publish, ClientOptions, Message, Mosquitto, MqttStub, MqttVersion, Subscriber,
 };
 use futures_util::future::join_all;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-
-/// Longest wait for a message, a reply or a close that should come at once.
-const LIMIT: Duration = Duration::from_secs(5);
-
-/// A config with one listener `mqtt` (protocol and extra listener lines as
-/// given; routes are YAML flow mappings) and these clusters (YAML list items).
-fn config(protocol: &str, listener_extra: &str, routes: &[&str], clusters: &str) -> String {
-    let routes: String = routes.iter().map(|route| format!("      - {route}\n")).collect();
-    format!(
-        "listeners:\n  - name: mqtt\n    bind: 127.0.0.1:0\n    protocol: {protocol}\n{listener_extra}    routes:\n{routes}clusters:\n{clusters}"
-    )
-}
-
-/// A cluster list item with extra `key: value` settings.
-fn cluster(name: &str, endpoints: &[SocketAddr], settings: &[&str]) -> String {
-    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-    let mut yaml = format!("  - name: {name}\n    endpoints: [ {} ]\n", list.join(", "));
-    for line in settings {
-        yaml.push_str(&format!("    {line}\n"));
-    }
-    yaml
-}
-
-/// A proxy with listener `mqtt` (`protocol`, extra listener lines) sending
-/// everything to one broker.
-fn one_broker_proxy(protocol: &str, listener_extra: &str, broker: SocketAddr) -> TestProxy {
-    TestProxy::start(&config(protocol, listener_extra, &["{ cluster: broker }"], &cluster("broker", &[broker], &[])))
-}
 
 const RING_HASH: [&str; 2] = ["lb: ring_hash", "hash_on: client_id"];
 
@@ -73,114 +45,6 @@ async fn accepted(proxy: &TestProxy, protocol: &str) -> f64 {
         .metric("edgeplane_downstream_connections_total", &[("listener", "mqtt"), ("protocol", protocol)])
         .await
         .unwrap_or(0.0)
-}
-
-// ---------------------------------------------------------------------------
-// Raw MQTT packets, built by hand.
-
-/// A CONNECT with clean session, this keep-alive and client id; the
-/// protocol name follows the level (`MQIsdp` for 3, else `MQTT`).
-fn connect_packet(level: u8, client_id: &str, keep_alive: u16) -> Vec<u8> {
-    let name: &[u8] = if level == 3 { b"MQIsdp" } else { b"MQTT" };
-    let mut body = vec![0x00, name.len() as u8];
-    body.extend_from_slice(name);
-    body.push(level);
-    body.push(0x02);
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    if level == 5 {
-        body.push(0x00);
-    }
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    packet(0x10, &body)
-}
-
-/// A packet with this first byte and body (remaining length < 128).
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    assert!(body.len() < 128, "test packets are small");
-    let mut packet = vec![first, body.len() as u8];
-    packet.extend_from_slice(body);
-    packet
-}
-
-/// A QoS 0 PUBLISH (with an empty property list for v5).
-fn publish_packet(topic: &str, payload: &[u8], v5: bool) -> Vec<u8> {
-    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-    body.extend_from_slice(topic.as_bytes());
-    if v5 {
-        body.push(0x00);
-    }
-    body.extend_from_slice(payload);
-    packet(0x30, &body)
-}
-
-async fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    stream.set_nodelay(true).expect("nodelay");
-    stream
-}
-
-/// Reads one whole packet; panics on a close or after [`LIMIT`].
-async fn read_packet(stream: &mut TcpStream) -> Vec<u8> {
-    tokio::time::timeout(LIMIT, async {
-        let mut packet = vec![stream.read_u8().await?];
-        let mut remaining = 0usize;
-        for shift in (0..4).map(|i| 7 * i) {
-            let byte = stream.read_u8().await?;
-            packet.push(byte);
-            remaining |= usize::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        let start = packet.len();
-        packet.resize(start + remaining, 0);
-        stream.read_exact(&mut packet[start..]).await?;
-        Ok::<_, std::io::Error>(packet)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no whole packet within {LIMIT:?}"))
-    .unwrap_or_else(|e| panic!("reading a packet: {e}"))
-}
-
-/// Reads until the peer closes (EOF or reset); panics after [`LIMIT`].
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => panic!("not closed within {LIMIT:?} (received {received:02x?})"),
-            Ok(Ok(0)) | Ok(Err(_)) => return received,
-            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// Connects, sends `bytes` and returns everything received until the close.
-async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = connect(addr).await;
-    stream.write_all(bytes).await.expect("write");
-    read_to_close(&mut stream).await
-}
-
-/// A connection whose CONNECT (at `level`) was accepted by the broker.
-async fn connected(addr: SocketAddr, level: u8, client_id: &str) -> TcpStream {
-    let mut stream = connect(addr).await;
-    stream.write_all(&connect_packet(level, client_id, 60)).await.expect("write CONNECT");
-    let connack = read_packet(&mut stream).await;
-    assert_eq!(connack[0], 0x20, "not a CONNACK: {connack:02x?}");
-    // v3: 20 02 flags code; v5: 20 len flags reason properties.
-    assert_eq!(connack[3], 0, "CONNECT refused: {connack:02x?}");
-    stream
-}
-
-/// Sends `bytes` on an accepted connection and returns everything received
-/// until the proxy closes it.
-async fn after_connect(addr: SocketAddr, level: u8, client_id: &str, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = connected(addr, level, client_id).await;
-    stream.write_all(bytes).await.expect("write");
-    read_to_close(&mut stream).await
 }
 
 const V5_DISCONNECT_MALFORMED: [u8; 4] = [0xe0, 0x02, 0x81, 0x00];

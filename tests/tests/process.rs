@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use edgeplane_tests::client::{self, Http1Conn};
 use edgeplane_tests::harness::{cluster, guard};
+use edgeplane_tests::mqtt_wire::{connect_as, connect_packet};
 use edgeplane_tests::process::{binary_async, run_command, ProxyProcess, Signal};
-use edgeplane_tests::upstream::{HttpProto, HttpUpstream};
+use edgeplane_tests::upstream::{publish, ClientOptions, HttpProto, HttpUpstream, Mosquitto, MqttVersion};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -761,6 +762,53 @@ clusters:
                 assert_eq!(record["upstream"], upstream.addr().to_string(), "{record}");
             }
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_line_per_mqtt_connection() {
+    binary_async().await;
+    guard(async {
+        let broker = Mosquitto::start().await;
+        let yaml = format!(
+            r#"access_log: {{ enabled: true }}
+listeners:
+  - name: mqtt
+    bind: 127.0.0.1:0
+    protocol: mqtt
+    mqtt: {{ client_ids: {{ deny: [ {{ prefix: "banned-" }} ] }} }}
+    routes: [ {{ cluster: broker }} ]
+clusters:
+{}"#,
+            cluster("broker", &[broker.addr()])
+        );
+        let proxy = ProxyProcess::spawn(&yaml, &[]).await;
+        let addr = proxy.addr("mqtt");
+        let options = ClientOptions::default().version(MqttVersion::V5).qos(1).id("meter-1").user("alice");
+        publish(addr, &options, "meters/1", "42", false).await;
+        let (_, connack) = connect_as(addr, &connect_packet(4, "banned-2", 60)).await;
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x02]);
+        let lines = proxy.wait_for_stdout_lines(2, WAIT).await;
+        let records: Vec<Value> =
+            lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+        let by_id = |id: &str| {
+            records.iter().find(|r| r["client_id"] == id).unwrap_or_else(|| panic!("no line for {id}: {records:#?}"))
+        };
+        let relayed = by_id("meter-1");
+        assert_eq!(relayed["kind"], "mqtt", "{relayed}");
+        assert_eq!(relayed["username"], "alice", "{relayed}");
+        assert_eq!(relayed["protocol"], "5", "{relayed}");
+        assert_eq!(relayed["cluster"], "broker", "{relayed}");
+        assert_eq!(relayed["upstream"], broker.addr().to_string(), "{relayed}");
+        // CONNECT, PUBLISH, DISCONNECT in; CONNACK, PUBACK out.
+        assert_eq!((relayed["packets_in"].as_u64(), relayed["publishes_in"].as_u64()), (Some(3), Some(1)), "{relayed}");
+        assert_eq!(relayed["packets_out"], 2, "{relayed}");
+        assert!(relayed["error"].is_null(), "{relayed}");
+        let refused = by_id("banned-2");
+        assert_eq!(refused["protocol"], "3.1.1", "{refused}");
+        assert_eq!(refused["error"], "client_id_denied", "{refused}");
+        assert!(refused["upstream"].is_null(), "{refused}");
     })
     .await;
 }

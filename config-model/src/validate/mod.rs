@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::model::*;
 use crate::values::{is_header_value, is_hostname, is_token};
 
+mod mqtt;
 mod policies;
 
 /// One problem in a config, e.g. `listeners[1].routes[0].split[2].weight: must be between 1 and 10000`.
@@ -187,38 +188,7 @@ impl Validator {
             }
         }
 
-        let mqtt = &listener.mqtt;
-        if !(16..=MAX_MQTT_PACKET).contains(&mqtt.max_packet_size) {
-            self.error(format!("{path}.mqtt.max_packet_size"), format!("must be between 16 and {MAX_MQTT_PACKET}"));
-        }
-        if let Some(timeout) = self.check(format!("{path}.mqtt.connect_timeout"), mqtt.connect_timeout.parse()) {
-            if timeout.is_zero() {
-                self.error(format!("{path}.mqtt.connect_timeout"), "must be greater than 0");
-            }
-        }
-        if !(1.0..=10.0).contains(&mqtt.keepalive_factor) {
-            self.error(format!("{path}.mqtt.keepalive_factor"), "must be between 1.0 and 10.0");
-        }
-        if let Some(rate) = &mqtt.publish_rate {
-            let p = format!("{path}.mqtt.publish_rate");
-            if rate.messages.is_none() && rate.bytes.is_none() {
-                self.error(p.clone(), "needs messages, bytes or both");
-            }
-            if rate.messages == Some(0) {
-                self.error(format!("{p}.messages"), "must be at least 1");
-            }
-            if rate.burst == Some(0) {
-                self.error(format!("{p}.burst"), "must be at least 1");
-            }
-            if let Some(per) = self.check(format!("{p}.per"), rate.per.parse()) {
-                if per.is_zero() {
-                    self.error(format!("{p}.per"), "must be greater than 0");
-                }
-            }
-            if let Some(bytes) = &rate.bytes {
-                self.check(format!("{p}.bytes"), bytes.parse());
-            }
-        }
+        self.mqtt(&format!("{path}.mqtt"), &listener.mqtt);
         if let Some(limit) = &listener.rate_limit {
             self.rate_limit(&format!("{path}.rate_limit"), limit);
             let kind = match listener.protocol {
@@ -435,7 +405,7 @@ impl Validator {
         }
     }
 
-    fn regex(&mut self, path: &str, pattern: &str) {
+    pub(super) fn regex(&mut self, path: &str, pattern: &str) {
         if let Err(error) = regex::Regex::new(pattern) {
             let detail = error.to_string();
             let last_line = detail.lines().last().unwrap_or("").trim();

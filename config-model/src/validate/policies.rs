@@ -9,7 +9,7 @@ use crate::values::{is_hostname, is_token, Duration};
 
 impl Validator {
     /// A duration that must parse and be greater than zero.
-    fn positive(&mut self, path: String, value: &Duration) -> Option<StdDuration> {
+    pub(super) fn positive(&mut self, path: String, value: &Duration) -> Option<StdDuration> {
         let parsed = self.check(path.clone(), value.parse())?;
         if parsed.is_zero() {
             self.error(path, "must be greater than 0");

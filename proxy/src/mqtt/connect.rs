@@ -11,6 +11,8 @@ pub struct ConnectInfo {
     pub level: u8,
     pub client_id: String,
     pub username: Option<String>,
+    /// Only kept until the proxy has checked it (when it checks credentials).
+    pub password: Option<bytes::Bytes>,
     /// Seconds; 0: the client promises nothing.
     pub keep_alive: u16,
     pub has_will: bool,
@@ -20,6 +22,14 @@ pub struct ConnectInfo {
 impl ConnectInfo {
     pub fn is_v5(&self) -> bool {
         self.level == 5
+    }
+
+    pub fn protocol_name(&self) -> &'static str {
+        match self.level {
+            3 => "3.1",
+            4 => "3.1.1",
+            _ => "5",
+        }
     }
 }
 
@@ -51,6 +61,7 @@ pub fn decode(packet: &[u8], max_packet_size: u32) -> Result<ConnectInfo, Connec
                 level,
                 client_id: connect.client_id.to_string(),
                 username: connect.username.as_ref().map(ToString::to_string),
+                password: connect.password.clone(),
                 keep_alive: connect.keep_alive,
                 has_will: connect.last_will.is_some(),
                 clean_start: connect.clean_session,
@@ -62,6 +73,7 @@ pub fn decode(packet: &[u8], max_packet_size: u32) -> Result<ConnectInfo, Connec
                 level,
                 client_id: connect.client_id.to_string(),
                 username: connect.username.as_ref().map(ToString::to_string),
+                password: connect.password.clone(),
                 keep_alive: connect.keep_alive,
                 has_will: connect.last_will.is_some(),
                 clean_start: connect.clean_start,
@@ -78,6 +90,10 @@ pub mod refusal {
     pub const UNSUPPORTED_VERSION: (u8, u8) = (0x01, 0x84);
     /// v3: 0x03 server unavailable; v5: 0x88.
     pub const SERVER_UNAVAILABLE: (u8, u8) = (0x03, 0x88);
+    /// v3: 0x04 bad user name or password; v5: 0x86.
+    pub const BAD_CREDENTIALS: (u8, u8) = (0x04, 0x86);
+    /// v3: 0x05 not authorized; v5: 0x87.
+    pub const NOT_AUTHORIZED: (u8, u8) = (0x05, 0x87);
     /// v3: 0x02 identifier rejected (the closest v3 has); v5: 0x81 malformed packet.
     pub const MALFORMED: (u8, u8) = (0x02, 0x81);
 

@@ -2,6 +2,8 @@
 //! the fixed-header rules a proxy must enforce itself (the codec does not
 //! reject a `#` in a PUBLISH topic or a PINGREQ with a body).
 
+use super::packet::header_len;
+
 /// Packet types (the high nibble of the first byte).
 pub mod kind {
     pub const CONNECT: u8 = 1;
@@ -90,11 +92,6 @@ pub fn check_client_packet(packet: &[u8], v5: bool) -> Result<u8, FrameError> {
         return Err(FrameError::Malformed("SUBSCRIBE or UNSUBSCRIBE without a topic filter"));
     }
     Ok(kind)
-}
-
-/// Length of the fixed header of a whole packet.
-fn header_len(packet: &[u8]) -> usize {
-    1 + packet.iter().skip(1).take(4).position(|byte| byte & 0x80 == 0).map_or(4, |i| i + 1)
 }
 
 /// The topic of a PUBLISH body (an empty one is an MQTT 5 topic alias).

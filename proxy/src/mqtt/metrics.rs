@@ -26,7 +26,7 @@ const PACKET_NAMES: [&str; 16] = [
 ];
 
 /// Why an MQTT connection was refused or closed by edgeplane.
-pub const REJECTION_REASONS: [&str; 11] = [
+pub const REJECTION_REASONS: [&str; 17] = [
     "no_route",
     "no_broker",
     "unsupported_version",
@@ -38,6 +38,12 @@ pub const REJECTION_REASONS: [&str; 11] = [
     "protocol_error",
     "idle",
     "rate_limited",
+    "client_id_denied",
+    "username_denied",
+    "bad_credentials",
+    "publish_denied",
+    "subscribe_denied",
+    "topic_alias_invalid",
 ];
 
 pub struct MqttMetrics {

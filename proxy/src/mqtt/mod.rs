@@ -1,15 +1,22 @@
-//! MQTT connections: read the CONNECT, route on it (client id, user name;
-//! sticky by client id), then relay both ways. Packets from the client are
-//! framed and checked (size, fixed-header rules, no second CONNECT) and
-//! forwarded as the original bytes; the broker's bytes are copied as they are.
+//! MQTT connections: read the CONNECT, check who it is (client-id and
+//! user-name lists, credentials), route on it (client id, user name; sticky
+//! by client id), then relay both ways. Packets from the client are framed
+//! and checked (size, fixed-header rules, no second CONNECT, rate, topic
+//! ACLs) and forwarded as the original bytes; the broker's bytes are copied
+//! as they are, except where an ACL answer must be slipped in (guard.rs).
 //! A violation is answered the MQTT way where the protocol has one (a CONNACK
-//! refusal, a v5 DISCONNECT with a reason) and the connection is closed.
+//! refusal, a v5 PUBACK/SUBACK/DISCONNECT reason) and otherwise closes the
+//! connection.
 
+pub mod access;
 pub mod connect;
 pub mod frame;
+pub mod guard;
 pub mod metrics;
+pub mod packet;
 pub mod publish_rate;
 pub mod scan;
+pub mod topic;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,9 +28,10 @@ use tokio::time::Instant;
 
 use self::connect::{refusal, ConnectError, ConnectInfo};
 use self::frame::{check_client_packet, packet_len, FrameError};
+use self::guard::{BrokerGuard, ClientGuard, GuardStop, Verdict};
 use self::metrics::MqttMetrics;
 use self::scan::PacketScanner;
-use crate::access_log::{millis, TcpRecord};
+use crate::access_log::{millis, MqttRecord};
 use crate::balance::PickInput;
 use crate::policy::outlier::TryOutcome;
 use crate::route::{InFlight, ListenerTable, RouteTable};
@@ -50,7 +58,19 @@ enum Ended {
     #[error("{0}")]
     Violation(FrameError),
     #[error("{0}")]
+    Guard(GuardStop),
+    #[error("{0}")]
     Io(std::io::Error),
+}
+
+/// What a connection's log line says about MQTT.
+#[derive(Default)]
+struct Tally {
+    packets_in: u64,
+    packets_out: u64,
+    publishes_in: u64,
+    bytes_rx: u64,
+    bytes_tx: u64,
 }
 
 /// Serves an MQTT client connection. `buf` holds bytes already read (during
@@ -79,7 +99,7 @@ pub async fn serve(
     let mqtt_metrics = &listener.metrics.mqtt;
     mqtt_metrics.packet_in(buf[0]);
     let level = connect::protocol_level(&buf[..connect_len]).unwrap_or(4);
-    let info = match connect::decode(&buf[..connect_len], settings.max_packet_size) {
+    let mut info = match connect::decode(&buf[..connect_len], settings.max_packet_size) {
         Ok(info) => info,
         Err(error) => {
             tracing::debug!(client = %client_addr, %error, "MQTT CONNECT refused");
@@ -92,14 +112,44 @@ pub async fn serve(
             return;
         }
     };
-    let refuse = |why: &'static str, reason: &'static str| {
+    let password = info.password.take();
+    let log = |cluster: &str, upstream: Option<SocketAddr>, tally: &Tally, error: Option<String>| {
+        if table.access_log {
+            shared.access_log.mqtt(
+                table.access_log_format,
+                &MqttRecord {
+                    listener: &listener.name,
+                    cluster,
+                    client: client_addr,
+                    upstream,
+                    client_id: &info.client_id,
+                    username: info.username.as_deref(),
+                    protocol: info.protocol_name(),
+                    packets_in: tally.packets_in,
+                    packets_out: tally.packets_out,
+                    publishes_in: tally.publishes_in,
+                    bytes_rx: tally.bytes_rx,
+                    bytes_tx: tally.bytes_tx,
+                    duration_ms: millis(started.elapsed()),
+                    error,
+                },
+            );
+        }
+    };
+    let refuse = |why: &'static str, reason: &'static str, codes: (u8, u8)| {
         tracing::debug!(client = %client_addr, client_id = %info.client_id, why, "MQTT connection refused");
         mqtt_metrics.rejected(reason);
-        refusal::connack(info.level, refusal::SERVER_UNAVAILABLE)
+        log("", None, &Tally { packets_in: 1, ..Tally::default() }, Some(why.to_owned()));
+        refusal::connack(info.level, codes)
     };
+    if let Err(refused) = settings.access.admit(&info.client_id, info.username.as_deref(), password.as_deref()) {
+        let _ = client.write_all(&refuse(refused.reason, refused.reason, refused.codes)).await;
+        return;
+    }
+    drop(password);
 
     let Some(route) = listener.mqtt_route_for(&info.client_id, info.username.as_deref()) else {
-        let _ = client.write_all(&refuse("no route", "no_route")).await;
+        let _ = client.write_all(&refuse("no route", "no_route", refusal::SERVER_UNAVAILABLE)).await;
         return;
     };
     let target = route.split.pick();
@@ -126,12 +176,12 @@ pub async fn serve(
         }
     }
     let Some((endpoint, mut upstream)) = connected else {
-        let _ = client.write_all(&refuse("no broker reachable", "no_broker")).await;
+        let _ = client.write_all(&refuse("no broker reachable", "no_broker", refusal::SERVER_UNAVAILABLE)).await;
         return;
     };
     let _in_flight = InFlight::start(&endpoint);
 
-    let (mut rx, mut tx) = (0u64, 0u64);
+    let mut tally = Tally::default();
     let ended = {
         let (mut client_read, mut client_write) = client.split();
         let (mut broker_read, mut broker_write) = upstream.tcp_mut().split();
@@ -140,28 +190,64 @@ pub async fn serve(
             0 => listener.tcp_idle_timeout,
             seconds => Duration::from_secs_f64(f64::from(seconds) * settings.keepalive_factor),
         };
-        let to_broker = client_to_broker(
-            &mut client_read,
-            &mut broker_write,
-            &mut buf,
-            &info,
-            settings.max_packet_size,
-            idle,
-            settings.publish_rate.as_ref().map(publish_rate::PublishRate::buckets),
-            mqtt_metrics,
-            &mut rx,
-        );
-        let to_client = broker_to_client(&mut broker_read, &mut client_write, mqtt_metrics, &mut tx);
-        let ended = tokio::select! {
-            ended = to_broker => ended,
-            ended = to_client => ended,
+        let client_acl = settings.access.acl.as_ref().map(|acl| {
+            let client = topic::Client { client_id: &info.client_id, username: info.username.as_deref() };
+            (acl.for_client(client), acl.topic_alias_maximum)
+        });
+        let (mut client_guard, mut broker_guard) = match client_acl {
+            Some((acl, alias_maximum)) if acl.checks_publish || acl.checks_subscribe => {
+                let (sender, receiver) = tokio::sync::mpsc::channel(guard::QUEUE);
+                let alias_cap = (acl.checks_publish && info.is_v5()).then_some(alias_maximum);
+                (
+                    Some(ClientGuard::new(acl, info.level, alias_maximum, sender)),
+                    Some(BrokerGuard::new(receiver, info.is_v5(), alias_cap)),
+                )
+            }
+            _ => (None, None),
         };
+        let (mut packets_out, mut bytes_tx) = (0u64, 0u64);
+        let ended = {
+            let to_broker = client_to_broker(
+                &mut client_read,
+                &mut broker_write,
+                &mut buf,
+                &info,
+                settings.max_packet_size,
+                idle,
+                settings.publish_rate.as_ref().map(publish_rate::PublishRate::buckets),
+                client_guard.as_mut(),
+                mqtt_metrics,
+                &mut tally,
+            );
+            let to_client = async {
+                match broker_guard.as_mut() {
+                    Some(guard) => {
+                        match guard.relay(&mut broker_read, &mut client_write, mqtt_metrics, &mut bytes_tx).await {
+                            Ok(()) => Ended::BrokerClosed,
+                            Err(error) => Ended::Io(error),
+                        }
+                    }
+                    None => {
+                        let (packets, bytes) = (&mut packets_out, &mut bytes_tx);
+                        broker_to_client(&mut broker_read, &mut client_write, mqtt_metrics, packets, bytes).await
+                    }
+                }
+            };
+            tokio::select! {
+                ended = to_broker => ended,
+                ended = to_client => ended,
+            }
+        };
+        tally.packets_out = packets_out;
+        tally.bytes_tx = bytes_tx;
         let reason = match &ended {
             Ended::Violation(FrameError::Malformed(_)) => Some(0x81),
             Ended::Violation(FrameError::Protocol(_)) => Some(0x82),
             Ended::Violation(FrameError::TooLarge { .. }) => Some(0x95),
             // "Message rate too high".
             Ended::RateExceeded => Some(0x96),
+            Ended::Guard(GuardStop::TopicAliasInvalid) => Some(0x94),
+            Ended::Guard(GuardStop::NotAuthorized(_)) => Some(0x87),
             _ => None,
         };
         if let (Some(reason), true) = (reason, info.is_v5()) {
@@ -170,11 +256,11 @@ pub async fn serve(
         ended
     };
     if let Some(counters) = &target.tcp_bytes {
-        counters.rx.inc_by(rx);
-        counters.tx.inc_by(tx);
+        counters.rx.inc_by(tally.bytes_rx);
+        counters.tx.inc_by(tally.bytes_tx);
     }
-    listener.metrics.bytes_rx.inc_by(rx);
-    listener.metrics.bytes_tx.inc_by(tx);
+    listener.metrics.bytes_rx.inc_by(tally.bytes_rx);
+    listener.metrics.bytes_tx.inc_by(tally.bytes_tx);
     match &ended {
         Ended::Violation(violation) => mqtt_metrics.rejected(match violation {
             FrameError::Malformed(_) => "malformed",
@@ -183,35 +269,23 @@ pub async fn serve(
         }),
         Ended::Idle => mqtt_metrics.rejected("idle"),
         Ended::RateExceeded => mqtt_metrics.rejected("rate_limited"),
+        Ended::Guard(GuardStop::TopicAliasInvalid) => mqtt_metrics.rejected("topic_alias_invalid"),
+        // Counted as publish_denied / subscribe_denied when judged.
         _ => {}
     }
     match &ended {
-        Ended::Violation(violation) => {
-            tracing::info!(client = %client_addr, client_id = %info.client_id, %violation, "MQTT client disconnected")
+        Ended::Violation(_) | Ended::Guard(_) => {
+            tracing::info!(client = %client_addr, client_id = %info.client_id, %ended, "MQTT client disconnected")
         }
         other => {
             tracing::debug!(client = %client_addr, client_id = %info.client_id, ended = %other, "MQTT connection ended")
         }
     }
-    if table.access_log {
-        let error = match ended {
-            Ended::ClientClosed | Ended::BrokerClosed => None,
-            other => Some(other.to_string()),
-        };
-        shared.access_log.tcp(
-            table.access_log_format,
-            &TcpRecord {
-                listener: &listener.name,
-                cluster: &cluster.name,
-                client: client_addr,
-                upstream: Some(endpoint.addr),
-                bytes_rx: rx,
-                bytes_tx: tx,
-                duration_ms: millis(started.elapsed()),
-                error,
-            },
-        );
-    }
+    let error = match ended {
+        Ended::ClientClosed | Ended::BrokerClosed => None,
+        other => Some(other.to_string()),
+    };
+    log(&cluster.name, Some(endpoint.addr), &tally, error);
 }
 
 /// Reads until the first packet is whole; it must be a CONNECT. Returns its
@@ -256,43 +330,76 @@ async fn client_to_broker<R, W>(
     max_packet_size: u32,
     idle: Duration,
     publish_limits: Option<publish_rate::PublishBuckets>,
+    mut guard: Option<&mut ClientGuard<'_>>,
     metrics: &MqttMetrics,
-    forwarded: &mut u64,
+    tally: &mut Tally,
 ) -> Ended
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut checked = match packet_len(buf, max_packet_size) {
-        Ok(Some(len)) => len,
+        Ok(Some(len)) => {
+            tally.packets_in += 1;
+            len
+        }
         _ => 0,
     };
     loop {
         // Check every whole packet after those already checked. A packet
         // that ends the connection still lets the good ones before it go.
         let stop = loop {
-            match packet_len(&buf[checked..], max_packet_size) {
-                Ok(Some(len)) if buf.len() - checked >= len => {
-                    if let Err(violation) = check_client_packet(&buf[checked..checked + len], info.is_v5()) {
-                        break Some(Ended::Violation(violation));
-                    }
-                    metrics.packet_in(buf[checked]);
-                    if let (Some(limits), frame::kind::PUBLISH) = (&publish_limits, buf[checked] >> 4) {
-                        if limits.admit(len).await.is_err() {
-                            break Some(Ended::RateExceeded);
-                        }
-                    }
-                    checked += len;
-                }
+            let len = match packet_len(&buf[checked..], max_packet_size) {
+                Ok(Some(len)) if buf.len() - checked >= len => len,
                 Ok(_) => break None,
                 Err(violation) => break Some(Ended::Violation(violation)),
+            };
+            let packet = &buf[checked..checked + len];
+            if let Err(violation) = check_client_packet(packet, info.is_v5()) {
+                break Some(Ended::Violation(violation));
+            }
+            metrics.packet_in(packet[0]);
+            tally.packets_in += 1;
+            if packet[0] >> 4 == frame::kind::PUBLISH {
+                tally.publishes_in += 1;
+                if let Some(limits) = &publish_limits {
+                    if limits.admit(len).await.is_err() {
+                        break Some(Ended::RateExceeded);
+                    }
+                }
+            }
+            let verdict = match guard.as_mut() {
+                Some(guard) => match guard.inspect(&buf[checked..checked + len], metrics).await {
+                    Ok(verdict) => verdict,
+                    Err(GuardStop::Frame(violation)) => break Some(Ended::Violation(violation)),
+                    Err(stop) => break Some(Ended::Guard(stop)),
+                },
+                None => Verdict::Forward,
+            };
+            if verdict == Verdict::Forward {
+                checked += len;
+                continue;
+            }
+            // The packets before this one go as they are; this one is
+            // dropped or replaced.
+            if let Err(error) = broker.write_all(&buf[..checked]).await {
+                return Ended::Io(error);
+            }
+            tally.bytes_rx += checked as u64;
+            buf.advance(checked + len);
+            checked = 0;
+            if let Verdict::Replace(replacement) = verdict {
+                if let Err(error) = broker.write_all(&replacement).await {
+                    return Ended::Io(error);
+                }
+                tally.bytes_rx += replacement.len() as u64;
             }
         };
         if checked > 0 {
             if let Err(error) = broker.write_all(&buf[..checked]).await {
                 return Ended::Io(error);
             }
-            *forwarded += checked as u64;
+            tally.bytes_rx += checked as u64;
             buf.advance(checked);
             checked = 0;
         }
@@ -311,7 +418,13 @@ where
 
 /// Copies the broker's bytes to the client as they come, counting packets
 /// as their headers go by.
-async fn broker_to_client<R, W>(broker: &mut R, client: &mut W, metrics: &MqttMetrics, forwarded: &mut u64) -> Ended
+async fn broker_to_client<R, W>(
+    broker: &mut R,
+    client: &mut W,
+    metrics: &MqttMetrics,
+    packets: &mut u64,
+    forwarded: &mut u64,
+) -> Ended
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -323,7 +436,11 @@ where
             Ok(0) => return Ended::BrokerClosed,
             Ok(n) => {
                 if let Some(scan) = scanner.as_mut() {
-                    if scan.feed(&buffer[..n], |first| metrics.packet_out(first)).is_err() {
+                    let counted = scan.feed(&buffer[..n], |first| {
+                        metrics.packet_out(first);
+                        *packets += 1;
+                    });
+                    if counted.is_err() {
                         // Not MQTT framing any more: relay on, stop counting.
                         tracing::debug!("broker stream no longer framed as MQTT; packet counts stop");
                         scanner = None;

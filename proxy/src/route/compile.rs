@@ -357,6 +357,8 @@ fn compile_listener(
                 ),
                 None => None,
             },
+            access: crate::mqtt::access::Access::compile(&format!("{path}.mqtt"), &listener.mqtt)
+                .map_err(|m| invalid(&format!("{path}.mqtt"), m))?,
         },
         metrics: ListenerMetrics {
             active: metrics
@@ -451,15 +453,12 @@ fn compile_route(
         headers.push((name, check));
     }
     let string_matcher = |field: &str, criterion: &Option<PathMatch>| -> Result<Option<PathMatcher>, CompileError> {
-        Ok(match criterion {
-            None => None,
-            Some(PathMatch::Exact(exact)) => Some(PathMatcher::Exact(exact.as_str().into())),
-            Some(PathMatch::Prefix(prefix)) => Some(PathMatcher::Prefix(prefix.as_str().into())),
-            Some(PathMatch::Regex(pattern)) => Some(PathMatcher::Regex(
-                regex::Regex::new(&anchored(pattern))
-                    .map_err(|e| invalid(&format!("{path}.match.{field}.regex"), e))?,
-            )),
-        })
+        criterion
+            .as_ref()
+            .map(|criterion| {
+                PathMatcher::compile(criterion).map_err(|e| invalid(&format!("{path}.match.{field}.regex"), e))
+            })
+            .transpose()
     };
     let mqtt = m.has_mqtt_criteria().then_some(()).map(|()| -> Result<_, CompileError> {
         Ok(MqttMatcher {

@@ -104,6 +104,16 @@ pub enum PathMatcher {
 }
 
 impl PathMatcher {
+    /// Compiles a criterion; regexes are anchored to the whole input.
+    pub fn compile(criterion: &config_model::PathMatch) -> Result<Self, regex::Error> {
+        use config_model::PathMatch;
+        Ok(match criterion {
+            PathMatch::Exact(exact) => PathMatcher::Exact(exact.as_str().into()),
+            PathMatch::Prefix(prefix) => PathMatcher::Prefix(prefix.as_str().into()),
+            PathMatch::Regex(pattern) => PathMatcher::Regex(regex::Regex::new(&anchored(pattern))?),
+        })
+    }
+
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathMatcher::Exact(exact) => path == &**exact,

@@ -81,12 +81,13 @@ impl ListenerTable {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct MqttSettings {
     pub max_packet_size: u32,
     pub connect_timeout: Duration,
     pub keepalive_factor: f64,
     pub publish_rate: Option<crate::mqtt::publish_rate::PublishRate>,
+    pub access: crate::mqtt::access::Access,
 }
 
 #[derive(Clone, Debug)]

@@ -203,11 +203,12 @@ pub struct ClientOptions {
     pub qos: u8,
     pub client_id: Option<String>,
     pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { version: MqttVersion::V311, qos: 0, client_id: None, username: None }
+        Self { version: MqttVersion::V311, qos: 0, client_id: None, username: None, password: None }
     }
 }
 
@@ -232,6 +233,11 @@ impl ClientOptions {
         self
     }
 
+    pub fn password(mut self, password: &str) -> Self {
+        self.password = Some(password.to_owned());
+        self
+    }
+
     fn args(&self, addr: SocketAddr) -> Vec<String> {
         let mut args = vec![
             "-h".into(),
@@ -248,6 +254,9 @@ impl ClientOptions {
         }
         if let Some(user) = &self.username {
             args.extend(["-u".into(), user.clone()]);
+        }
+        if let Some(password) = &self.password {
+            args.extend(["-P".into(), password.clone()]);
         }
         args
     }
@@ -375,7 +384,8 @@ impl Subscriber {
         }
     }
 
-    fn output(&self) -> String {
+    /// Everything it printed so far, both streams.
+    pub fn output(&self) -> String {
         format!(
             "--- stdout ---\n{}\n--- stderr ---\n{}",
             self.stdout.borrow().join("\n"),
