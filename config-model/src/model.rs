@@ -651,8 +651,14 @@ pub mod defaults {
     pub fn acl_no_match() -> crate::mqtt::AclPermission {
         crate::mqtt::AclPermission::Allow
     }
-    pub fn acl_topic_alias_maximum() -> u16 {
+    pub fn topic_alias_maximum() -> u16 {
         32
+    }
+    pub fn topic_metric_levels() -> u8 {
+        1
+    }
+    pub fn topic_metric_series() -> u32 {
+        100
     }
     pub fn content_type() -> String {
         "text/plain".into()

@@ -42,6 +42,30 @@ pub struct MqttOptions {
     /// Topic access control of PUBLISH and SUBSCRIBE; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<MqttAcl>,
+    /// PUBLISH counts and bytes by topic prefix, with a bound on the number
+    /// of series; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_metrics: Option<MqttTopicMetrics>,
+    /// Most MQTT 5 topic aliases a client may set when the proxy reads
+    /// PUBLISH topics (`acl`, `topic_metrics`): the broker's CONNACK `Topic
+    /// Alias Maximum` is lowered to it, so that the proxy can remember every
+    /// alias and judge an alias-only PUBLISH by its topic.
+    #[serde(default = "defaults::topic_alias_maximum")]
+    pub topic_alias_maximum: u16,
+}
+
+/// Per-topic-prefix PUBLISH metrics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTopicMetrics {
+    /// How many leading topic levels make the label (`meters/7/temp` with
+    /// 2 → `meters/7`). 1 to 16.
+    #[serde(default = "defaults::topic_metric_levels")]
+    pub levels: u8,
+    /// Distinct prefixes counted on their own; publishes past the bound
+    /// count under `#other`. 1 to 10000.
+    #[serde(default = "defaults::topic_metric_series")]
+    pub max_topics: u32,
 }
 
 impl Default for MqttOptions {
@@ -55,6 +79,8 @@ impl Default for MqttOptions {
             usernames: AllowDeny::default(),
             users: Vec::new(),
             acl: None,
+            topic_metrics: None,
+            topic_alias_maximum: defaults::topic_alias_maximum(),
         }
     }
 }
@@ -132,11 +158,6 @@ pub struct MqttAcl {
     /// What happens when no rule decides.
     #[serde(default = "defaults::acl_no_match")]
     pub no_match: AclPermission,
-    /// Most MQTT 5 topic aliases a client may set. The broker's CONNACK
-    /// `Topic Alias Maximum` is lowered to it, so that the proxy can remember
-    /// every alias and check alias-only PUBLISH packets too.
-    #[serde(default = "defaults::acl_topic_alias_maximum")]
-    pub topic_alias_maximum: u16,
 }
 
 /// One ACL rule.

@@ -92,6 +92,14 @@ pub struct MqttQosLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MqttTopicLabels {
+    pub listener: String,
+    /// The first levels of the topic, or `#other` past the series bound
+    /// (`#` cannot appear in a PUBLISH topic, so it never collides).
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub listener: String,
     pub cluster: String,
@@ -181,6 +189,8 @@ pub struct Metrics {
     pub mqtt_packets: Family<MqttPacketLabels, Counter>,
     pub mqtt_publishes: Family<MqttQosLabels, Counter>,
     pub mqtt_rejections: Family<LocalReplyLabels, Counter>,
+    pub mqtt_topic_publishes: Family<MqttTopicLabels, Counter>,
+    pub mqtt_topic_bytes: Family<MqttTopicLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_generation: Gauge,
     pub config_last_success: Gauge,
@@ -216,6 +226,8 @@ impl Metrics {
             mqtt_packets: Family::default(),
             mqtt_publishes: Family::default(),
             mqtt_rejections: Family::default(),
+            mqtt_topic_publishes: Family::default(),
+            mqtt_topic_bytes: Family::default(),
             config_reloads: Family::default(),
             config_generation: Gauge::default(),
             config_last_success: Gauge::default(),
@@ -308,6 +320,16 @@ impl Metrics {
             "mqtt_rejections",
             "MQTT connections refused or closed for a protocol or policy reason",
             metrics.mqtt_rejections.clone(),
+        );
+        registry.register(
+            "mqtt_topic_publishes",
+            "PUBLISH packets from clients by topic prefix (listeners with mqtt.topic_metrics)",
+            metrics.mqtt_topic_publishes.clone(),
+        );
+        registry.register(
+            "mqtt_topic_publish_bytes",
+            "PUBLISH bytes (whole packets) from clients by topic prefix",
+            metrics.mqtt_topic_bytes.clone(),
         );
         registry.register(
             "config_reloads",

@@ -499,3 +499,36 @@ async fn publish_rate_disconnects_when_configured() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_are_counted_by_topic_prefix_with_a_bound() {
+    guard(async {
+        let broker = Mosquitto::start().await;
+        let extra = "    mqtt: { topic_metrics: { levels: 2, max_topics: 2 } }\n";
+        let proxy = one_broker_proxy("mqtt", extra, broker.addr());
+        let addr = proxy.addr("mqtt");
+        for topic in ["meters/1/temp", "meters/1/volts", "meters/2/temp", "lights/9/on"] {
+            publish(addr, &opts().qos(1), topic, "x", false).await;
+        }
+        // MQTT 5 alias-only publishes count under the topic the alias stands for.
+        let mut stream = connected(addr, 5, "aliased").await;
+        stream.write_all(&publish_qos("meters/2/a", b"1", 1, 1, Some(&topic_alias(1)))).await.unwrap();
+        stream.write_all(&publish_qos("", b"2", 1, 2, Some(&topic_alias(1)))).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(read_packet(&mut stream).await[0], 0x40, "PUBACK expected");
+        }
+        let count = |topic: &'static str| {
+            let proxy = &proxy;
+            async move {
+                proxy
+                    .metric("edgeplane_mqtt_topic_publishes_total", &[("listener", "mqtt"), ("topic", topic)])
+                    .await
+                    .unwrap_or(0.0)
+            }
+        };
+        // Two series at most; the third prefix counts as #other.
+        assert_eq!((count("meters/1").await, count("meters/2").await, count("#other").await), (2.0, 3.0, 1.0));
+        assert_eq!(count("lights/9").await, 0.0);
+    })
+    .await;
+}

@@ -21,9 +21,9 @@ const S3CRET_SHA256: &str = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940b
 /// Devices publish under their own id; `ops` may read every device; nobody
 /// touches `secret/`; anything else is refused.
 const ACL: &str = r#"    mqtt:
+      topic_alias_maximum: 4
       acl:
         no_match: deny
-        topic_alias_maximum: 4
         rules:
           - { permission: deny, topics: ["secret/#"] }
           - { permission: allow, action: publish, topics: ["devices/${clientid}/#"] }

@@ -49,6 +49,14 @@ impl Validator {
                 _ => self.error(p, "needs exactly one of password and password_sha256"),
             }
         }
+        if let Some(topics) = &mqtt.topic_metrics {
+            if !(1..=16).contains(&topics.levels) {
+                self.error(format!("{path}.topic_metrics.levels"), "must be between 1 and 16");
+            }
+            if !(1..=10_000).contains(&topics.max_topics) {
+                self.error(format!("{path}.topic_metrics.max_topics"), "must be between 1 and 10000");
+            }
+        }
         if let Some(acl) = &mqtt.acl {
             for (index, rule) in acl.rules.iter().enumerate() {
                 let p = format!("{path}.acl.rules[{index}]");

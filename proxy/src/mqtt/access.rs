@@ -125,7 +125,6 @@ fn decode_hex(hex: &str) -> Option<[u8; 32]> {
 pub struct Acl {
     rules: Vec<Rule>,
     no_match_allows: bool,
-    pub topic_alias_maximum: u16,
 }
 
 #[derive(Debug)]
@@ -169,11 +168,7 @@ impl Acl {
                 })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Acl {
-            rules,
-            no_match_allows: acl.no_match == AclPermission::Allow,
-            topic_alias_maximum: acl.topic_alias_maximum,
-        })
+        Ok(Acl { rules, no_match_allows: acl.no_match == AclPermission::Allow })
     }
 
     /// The rules that apply to one client, found once at CONNECT so that a

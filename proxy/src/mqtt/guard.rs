@@ -1,6 +1,7 @@
-//! Topic ACLs on a relayed connection. The client side reads each PUBLISH
-//! and SUBSCRIBE and decides: forward it, drop it, or forward a SUBSCRIBE
-//! with the refused filters taken out. Refusals the client must hear about
+//! Topic ACLs and topic metrics on a relayed connection. The client side
+//! reads each PUBLISH (resolving MQTT 5 topic aliases) and SUBSCRIBE and
+//! decides: forward it, drop it, or forward a SUBSCRIBE with the refused
+//! filters taken out; forwarded PUBLISH packets count by topic prefix. Refusals the client must hear about
 //! (v5 PUBACK/PUBREC with 0x87, SUBACK codes) are written by the broker
 //! side, the only writer to the client, between the broker's packets:
 //! whole packets it sends, and SUBACKs it merges with the proxy's refusals.
@@ -15,6 +16,7 @@ use super::access::ClientAcl;
 use super::frame::{kind, packet_len, FrameError};
 use super::metrics::MqttMetrics;
 use super::packet::{self, Subscribe};
+use super::topic_metrics::TopicCounts;
 
 /// v5 reason "not authorized"; v3.1.1 SUBACK "failure".
 const NOT_AUTHORIZED: u8 = 0x87;
@@ -57,26 +59,63 @@ pub enum GuardStop {
     Frame(FrameError),
 }
 
-/// The client side's ACL state.
+/// The client side's state.
 pub struct ClientGuard<'a> {
-    acl: ClientAcl<'a>,
+    acl: Option<ClientAcl<'a>>,
+    topic_counts: Option<&'a TopicCounts>,
     level: u8,
     /// Topics by MQTT 5 alias (index alias − 1), as the client set them.
     aliases: Vec<Option<Box<[u8]>>>,
     alias_maximum: u16,
     to_client: mpsc::Sender<ToClient>,
+    reads_publish: bool,
+    reads_subscribe: bool,
 }
 
-impl<'a> ClientGuard<'a> {
-    pub fn new(acl: ClientAcl<'a>, level: u8, alias_maximum: u16, to_client: mpsc::Sender<ToClient>) -> Self {
-        ClientGuard { acl, level, aliases: Vec::new(), alias_maximum, to_client }
+/// What a connection needs the guards for, when it needs them at all.
+pub struct Needs<'a> {
+    pub acl: Option<ClientAcl<'a>>,
+    pub topic_counts: Option<&'a TopicCounts>,
+}
+
+impl<'a> Needs<'a> {
+    /// Whether PUBLISH topics must be read (then aliases are tracked, and
+    /// the broker's alias maximum lowered).
+    fn reads_publish(&self) -> bool {
+        self.topic_counts.is_some() || self.acl.as_ref().is_some_and(|acl| acl.checks_publish)
     }
 
+    fn reads_subscribe(&self) -> bool {
+        self.acl.as_ref().is_some_and(|acl| acl.checks_subscribe)
+    }
+
+    /// The two sides' guards, or `None` when packets can pass unread.
+    pub fn guards(self, level: u8, alias_maximum: u16) -> Option<(ClientGuard<'a>, BrokerGuard)> {
+        if !self.reads_publish() && !self.reads_subscribe() {
+            return None;
+        }
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let alias_cap = (self.reads_publish() && level == 5).then_some(alias_maximum);
+        let client = ClientGuard {
+            reads_publish: self.reads_publish(),
+            reads_subscribe: self.reads_subscribe(),
+            acl: self.acl,
+            topic_counts: self.topic_counts,
+            level,
+            aliases: Vec::new(),
+            alias_maximum,
+            to_client: sender,
+        };
+        Some((client, BrokerGuard::new(receiver, level == 5, alias_cap)))
+    }
+}
+
+impl ClientGuard<'_> {
     /// Judges one whole, already framed and checked client packet.
     pub async fn inspect(&mut self, packet: &[u8], metrics: &MqttMetrics) -> Result<Verdict, GuardStop> {
         match packet[0] >> 4 {
-            kind::PUBLISH if self.acl.checks_publish => self.publish(packet, metrics).await,
-            kind::SUBSCRIBE if self.acl.checks_subscribe => self.subscribe(packet, metrics).await,
+            kind::PUBLISH if self.reads_publish => self.publish(packet, metrics).await,
+            kind::SUBSCRIBE if self.reads_subscribe => self.subscribe(packet, metrics).await,
             _ => Ok(Verdict::Forward),
         }
     }
@@ -103,7 +142,10 @@ impl<'a> ClientGuard<'a> {
             }
             None => publish.topic,
         };
-        if self.acl.may_publish(topic) {
+        if self.acl.as_ref().is_none_or(|acl| acl.may_publish(topic)) {
+            if let Some(counts) = self.topic_counts {
+                counts.record(topic, bytes.len());
+            }
             return Ok(Verdict::Forward);
         }
         metrics.rejected("publish_denied");
@@ -123,8 +165,9 @@ impl<'a> ClientGuard<'a> {
 
     async fn subscribe(&mut self, bytes: &[u8], metrics: &MqttMetrics) -> Result<Verdict, GuardStop> {
         let v5 = self.level == 5;
+        let Some(acl) = &self.acl else { return Ok(Verdict::Forward) };
         let subscribe = Subscribe::parse(bytes, v5).map_err(GuardStop::Frame)?;
-        let allowed: Vec<bool> = subscribe.filters().map(|filter| self.acl.may_subscribe(filter)).collect();
+        let allowed: Vec<bool> = subscribe.filters().map(|filter| acl.may_subscribe(filter)).collect();
         let refused = allowed.iter().filter(|allowed| !**allowed).count();
         if refused == 0 {
             return Ok(Verdict::Forward);
@@ -165,7 +208,7 @@ pub struct BrokerGuard {
 }
 
 impl BrokerGuard {
-    pub fn new(from_client: mpsc::Receiver<ToClient>, v5: bool, alias_cap: Option<u16>) -> Self {
+    fn new(from_client: mpsc::Receiver<ToClient>, v5: bool, alias_cap: Option<u16>) -> Self {
         BrokerGuard { from_client, alias_cap, v5, refusals: Vec::new(), deferred: VecDeque::new() }
     }
 

@@ -17,6 +17,7 @@ pub mod packet;
 pub mod publish_rate;
 pub mod scan;
 pub mod topic;
+pub mod topic_metrics;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use tokio::time::Instant;
 
 use self::connect::{refusal, ConnectError, ConnectInfo};
 use self::frame::{check_client_packet, packet_len, FrameError};
-use self::guard::{BrokerGuard, ClientGuard, GuardStop, Verdict};
+use self::guard::{ClientGuard, GuardStop, Verdict};
 use self::metrics::MqttMetrics;
 use self::scan::PacketScanner;
 use crate::access_log::{millis, MqttRecord};
@@ -190,20 +191,15 @@ pub async fn serve(
             0 => listener.tcp_idle_timeout,
             seconds => Duration::from_secs_f64(f64::from(seconds) * settings.keepalive_factor),
         };
-        let client_acl = settings.access.acl.as_ref().map(|acl| {
-            let client = topic::Client { client_id: &info.client_id, username: info.username.as_deref() };
-            (acl.for_client(client), acl.topic_alias_maximum)
-        });
-        let (mut client_guard, mut broker_guard) = match client_acl {
-            Some((acl, alias_maximum)) if acl.checks_publish || acl.checks_subscribe => {
-                let (sender, receiver) = tokio::sync::mpsc::channel(guard::QUEUE);
-                let alias_cap = (acl.checks_publish && info.is_v5()).then_some(alias_maximum);
-                (
-                    Some(ClientGuard::new(acl, info.level, alias_maximum, sender)),
-                    Some(BrokerGuard::new(receiver, info.is_v5(), alias_cap)),
-                )
-            }
-            _ => (None, None),
+        let needs = guard::Needs {
+            acl: settings.access.acl.as_ref().map(|acl| {
+                acl.for_client(topic::Client { client_id: &info.client_id, username: info.username.as_deref() })
+            }),
+            topic_counts: settings.topic_counts.as_deref(),
+        };
+        let (mut client_guard, mut broker_guard) = match needs.guards(info.level, settings.topic_alias_maximum) {
+            Some((client_side, broker_side)) => (Some(client_side), Some(broker_side)),
+            None => (None, None),
         };
         let (mut packets_out, mut bytes_tx) = (0u64, 0u64);
         let ended = {

@@ -17,6 +17,7 @@ use crate::metrics::{
     ClusterLabels, ConnectErrorLabels, ConnectionLabels, DirectionLabels, LimitLabels, ListenerLabels,
     LocalReplyLabels, Metrics, RequestMetrics, TcpLabels,
 };
+use crate::mqtt::topic_metrics::TopicCounts;
 use crate::policy::breaker::{BreakerSettings, DegradeBreaker};
 use crate::policy::limits::OVERLOAD_REASONS;
 use crate::policy::outlier::OutlierSettings;
@@ -359,6 +360,12 @@ fn compile_listener(
             },
             access: crate::mqtt::access::Access::compile(&format!("{path}.mqtt"), &listener.mqtt)
                 .map_err(|m| invalid(&format!("{path}.mqtt"), m))?,
+            topic_counts: listener.mqtt.topic_metrics.as_ref().map(|config| {
+                let key = format!("listener/{}/mqtt_topic_metrics", listener.name);
+                let name: Arc<str> = listener.name.as_str().into();
+                registry.policy_state(key, policy_hash(config), || TopicCounts::new(metrics, &name, config)).0
+            }),
+            topic_alias_maximum: listener.mqtt.topic_alias_maximum,
         },
         metrics: ListenerMetrics {
             active: metrics

@@ -88,6 +88,8 @@ pub struct MqttSettings {
     pub keepalive_factor: f64,
     pub publish_rate: Option<crate::mqtt::publish_rate::PublishRate>,
     pub access: crate::mqtt::access::Access,
+    pub topic_counts: Option<Arc<crate::mqtt::topic_metrics::TopicCounts>>,
+    pub topic_alias_maximum: u16,
 }
 
 #[derive(Clone, Debug)]
