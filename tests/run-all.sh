@@ -18,6 +18,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # MQTT: the mosquitto broker and its clients (mosquitto_pub/sub).
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+# paho-mqtt (Python) comes from PyPI into a venv, below.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     sudo=""
@@ -25,6 +27,14 @@ if ((${#missing[@]})); then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# The Eclipse paho-mqtt client, pinned, from PyPI (tests/tests/mqtt_clients.rs).
+paho_venv=target/paho-venv
+if ! "$paho_venv/bin/python" -c 'import paho.mqtt' >/dev/null 2>&1; then
+    python3 -m venv "$paho_venv"
+    "$paho_venv/bin/pip" install --quiet --disable-pip-version-check paho-mqtt==2.1.0
+fi
+export EDGEPLANE_PAHO_PYTHON="$PWD/$paho_venv/bin/python"
 
 # The process tests run the real binary, built exactly this way (the same
 # package selection means the same features, so their build is a no-op);

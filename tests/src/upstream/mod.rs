@@ -11,6 +11,7 @@ mod grpc;
 mod http;
 mod mosquitto;
 mod mqtt_stub;
+mod rumqttd;
 mod tcp;
 mod ws;
 
@@ -22,6 +23,7 @@ pub use self::mosquitto::{
     CLIENT_TIMEOUT as MQTT_CLIENT_TIMEOUT,
 };
 pub use self::mqtt_stub::MqttStub;
+pub use self::rumqttd::Rumqttd;
 pub use self::tcp::TcpEcho;
 pub use self::ws::{ws_roundtrip, WsEcho};
 
