@@ -532,3 +532,34 @@ async fn publishes_are_counted_by_topic_prefix_with_a_bound() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_client_ids_spread_by_address_under_client_id_hashing() {
+    guard(async {
+        let (a, b) = (Mosquitto::start().await, Mosquitto::start().await);
+        let proxy = TestProxy::start(&config(
+            "mqtt",
+            "",
+            &["{ cluster: brokers }"],
+            &cluster("brokers", &[a.addr(), b.addr()], &RING_HASH),
+        ));
+        let addr = proxy.addr("mqtt");
+        // 16 source addresses (all loopback), each with an empty client id
+        // and a retained message naming the address.
+        for host in 2..18u8 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from(([127, 0, 0, host], 0))).expect("bind a loopback source address");
+            let mut stream = socket.connect(addr).await.expect("connect");
+            stream.write_all(&connect_packet(4, "", 60)).await.unwrap();
+            assert_eq!(read_packet(&mut stream).await, [0x20, 0x02, 0x00, 0x00]);
+            let mut retained = publish_qos(&format!("empty/{host}"), b"x", 1, 1, None);
+            retained[0] |= 0x01;
+            stream.write_all(&retained).await.unwrap();
+            assert_eq!(read_packet(&mut stream).await, [0x40, 0x02, 0x00, 0x01]);
+        }
+        let (on_a, on_b) = (retained_on(a.addr(), "empty").await, retained_on(b.addr(), "empty").await);
+        assert_eq!(on_a.len() + on_b.len(), 16);
+        assert!(!on_a.is_empty() && !on_b.is_empty(), "all empty client ids on one broker (A: {on_a:?}, B: {on_b:?})");
+    })
+    .await;
+}

@@ -157,7 +157,10 @@ pub async fn serve(
     let cluster = &table.clusters[target.cluster];
     let pick = PickInput {
         client_ip: client_addr.ip(),
-        hash_header: cluster.hash_client_id.then_some(info.client_id.as_bytes()),
+        // An empty client id (the broker assigns one) has no session to
+        // come back to: such clients spread by address instead of all
+        // landing on one broker.
+        hash_header: (cluster.hash_client_id && !info.client_id.is_empty()).then_some(info.client_id.as_bytes()),
     };
     let mut connected = None;
     let mut tried: Vec<usize> = Vec::new();
