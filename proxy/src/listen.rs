@@ -71,6 +71,9 @@ pub async fn accept_loop(listener: TcpListener, slot: usize, shared: Arc<Shared>
     }
 }
 
+/// Each protocol's serving future is boxed: inline, the task of every
+/// connection would be as large as the largest of them (hyper's), and an
+/// idle MQTT or TCP connection would pay for HTTP state it never uses.
 async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usize, shared: Arc<Shared>) {
     let _connection = shared.connections.open();
     let table = shared.table.load_full();
@@ -113,22 +116,22 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
             let io = PrefixedIo::new(buffer, stream);
             let io = Metered::new(io, listener.metrics.bytes_rx.clone(), listener.metrics.bytes_tx.clone());
             let io = BandwidthLimits::wrap(listener.bandwidth.as_ref(), io);
-            serve_http1(io, context(Version::HTTP_11), &listener.http).await;
+            Box::pin(serve_http1(io, context(Version::HTTP_11), &listener.http)).await;
         }
         Detected::Http1 => {
             listener.metrics.accepted_http1.inc();
-            h1::serve(stream, buffer, shared.clone(), slot, client).await;
+            Box::pin(h1::serve(stream, buffer, shared.clone(), slot, client)).await;
         }
         Detected::Http2 => {
             listener.metrics.accepted_http2.inc();
             let io = PrefixedIo::new(buffer, stream);
             let io = Metered::new(io, listener.metrics.bytes_rx.clone(), listener.metrics.bytes_tx.clone());
             let io = BandwidthLimits::wrap(listener.bandwidth.as_ref(), io);
-            serve_http2(io, context(Version::HTTP_2), &listener.http).await;
+            Box::pin(serve_http2(io, context(Version::HTTP_2), &listener.http)).await;
         }
         Detected::Mqtt if listener.protocol != ListenerProtocol::Http => {
             listener.metrics.accepted_mqtt.inc();
-            mqtt::serve(stream, buffer, client, &shared, &table, &listener).await;
+            Box::pin(mqtt::serve(stream, buffer, client, &shared, &table, &listener)).await;
         }
         Detected::Tcp | Detected::Mqtt if listener.protocol == ListenerProtocol::Http => {
             listener.metrics.local_reply("bad_request");
@@ -138,7 +141,7 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
         }
         Detected::Tcp | Detected::Mqtt => {
             listener.metrics.accepted_tcp.inc();
-            tcp::relay(stream, buffer, client, &shared, &table, &listener).await;
+            Box::pin(tcp::relay(stream, buffer, client, &shared, &table, &listener)).await;
         }
     }
 }

@@ -9,7 +9,8 @@
 use std::collections::VecDeque;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::ReadHalf;
 use tokio::sync::mpsc;
 
 use super::access::ClientAcl;
@@ -239,27 +240,26 @@ impl BrokerGuard {
 
     /// Relays the broker's packets to the client, rewriting what the ACL
     /// needs and slipping the proxy's own packets in between.
-    pub async fn relay<R, W>(
+    pub async fn relay<W>(
         &mut self,
-        broker: &mut R,
+        broker: &mut ReadHalf<'_>,
         client: &mut W,
         metrics: &MqttMetrics,
         forwarded: &mut u64,
     ) -> Result<(), std::io::Error>
     where
-        R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut buf = BytesMut::with_capacity(super::READ_CHUNK);
+        let mut buf = BytesMut::new();
+        let mut read_size = super::ReadSize::new();
         // Body bytes of a passing packet still to come; only between
         // packets may the proxy write its own.
         let mut streaming = 0usize;
         let mut framed = true;
         let mut client_side_open = true;
         loop {
-            buf.reserve(super::READ_CHUNK);
             tokio::select! {
-                read = broker.read_buf(&mut buf) => {
+                read = super::read_when_ready(broker, &mut buf, &mut read_size) => {
                     if read? == 0 {
                         return Ok(());
                     }
