@@ -23,6 +23,18 @@ use tokio::time::Instant;
 
 const RING_HASH: [&str; 2] = ["lb: ring_hash", "hash_on: client_id"];
 
+/// Two brokers, and a proxy spreading clients over them by client-id hash.
+async fn ring_hashed_pair() -> (Mosquitto, Mosquitto, TestProxy) {
+    let (a, b) = (Mosquitto::start().await, Mosquitto::start().await);
+    let proxy = TestProxy::start(&config(
+        "mqtt",
+        "",
+        &["{ cluster: brokers }"],
+        &cluster("brokers", &[a.addr(), b.addr()], &RING_HASH),
+    ));
+    (a, b, proxy)
+}
+
 /// A loopback port nothing listens on (bound, then closed).
 fn dead_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -194,13 +206,7 @@ async fn no_matching_route_is_refused_with_a_connack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_on_client_id_is_sticky() {
     guard(async {
-        let (a, b) = (Mosquitto::start().await, Mosquitto::start().await);
-        let proxy = TestProxy::start(&config(
-            "mqtt",
-            "",
-            &["{ cluster: brokers }"],
-            &cluster("brokers", &[a.addr(), b.addr()], &RING_HASH),
-        ));
+        let (a, b, proxy) = ring_hashed_pair().await;
         let addr = proxy.addr("mqtt");
         // 16 ids: the chance that all land on one broker is 2^-15.
         let ids: Vec<String> = (0..16).map(|i| format!("meter-{i}")).collect();
@@ -536,13 +542,7 @@ async fn publishes_are_counted_by_topic_prefix_with_a_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_client_ids_spread_by_address_under_client_id_hashing() {
     guard(async {
-        let (a, b) = (Mosquitto::start().await, Mosquitto::start().await);
-        let proxy = TestProxy::start(&config(
-            "mqtt",
-            "",
-            &["{ cluster: brokers }"],
-            &cluster("brokers", &[a.addr(), b.addr()], &RING_HASH),
-        ));
+        let (a, b, proxy) = ring_hashed_pair().await;
         let addr = proxy.addr("mqtt");
         // 16 source addresses (all loopback), each with an empty client id
         // and a retained message naming the address.
