@@ -24,9 +24,11 @@ fn scenario<'a>(report: &'a Report, name: &str) -> &'a ScenarioResult {
 }
 
 fn peer<'a>(report: &'a Report, name: &str, peer: &str) -> &'a PeerResult {
-    scenario(report, name).peers.iter().find(|p| p.peer == peer).unwrap_or_else(|| {
-        panic!("{peer} did not run {name}; skipped: {:?}", scenario(report, name).skipped)
-    })
+    scenario(report, name)
+        .peers
+        .iter()
+        .find(|p| p.peer == peer)
+        .unwrap_or_else(|| panic!("{peer} did not run {name}; skipped: {:?}", scenario(report, name).skipped))
 }
 
 #[test]

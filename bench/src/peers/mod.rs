@@ -324,9 +324,9 @@ pub(crate) mod test_support {
             (Wire::Tcp, Wire::Tcp),
             (Wire::Mqtt, Wire::Mqtt),
         ]
-            .into_iter()
-            .map(|(down, up)| topology(down, up, 2))
-            .collect()
+        .into_iter()
+        .map(|(down, up)| topology(down, up, 2))
+        .collect()
     }
 
     /// A peer's binary for tests that run it: `Some` when installed. When it

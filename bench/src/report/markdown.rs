@@ -284,9 +284,10 @@ fn row(peer: &PeerResult, columns: &Columns) -> Vec<String> {
         }
     }
     if columns.per_connection {
-        row.push(s.bytes_per_connection.map_or("—".into(), |b| {
-            format!("{} B", format::amount_with_range(b.median, b.min, b.max))
-        }));
+        row.push(
+            s.bytes_per_connection
+                .map_or("—".into(), |b| format!("{} B", format::amount_with_range(b.median, b.min, b.max))),
+        );
     }
     row.push(if s.errors == 0 { "0".into() } else { format!("**⚠ {}**", format::thousands(s.errors as f64)) });
     row
