@@ -314,14 +314,15 @@ fn run_scenario(
         _ => options.connections,
     };
     if scenario.mode == Mode::IdleConnections {
-        // A proxy holds two descriptors per client (HAProxy sizes maxconn
-        // with room to spare), the load side and the broker one each.
-        let wanted = 2 * clients as u64 + 4096;
-        let (soft, _) = peers::raise_open_files_limit(wanted);
+        // A proxy holds two descriptors per client (client and upstream
+        // side) plus its own few; the load side and the broker one each.
+        let wanted = 2 * clients as u64 + 256;
+        let (soft, hard) = peers::raise_open_files_limit(wanted);
         if soft < wanted {
             let reason = format!(
-                "{clients} idle connections need about {wanted} open files per process, the limit is {soft}: \
-                 raise it (`ulimit -n {wanted}`, as root) or hold fewer connections"
+                "{clients} idle connections need about {wanted} open files in the proxy's process, and the limit \
+                 cannot be raised above {soft} (hard limit {hard}; raising it needs root with CAP_SYS_RESOURCE, \
+                 e.g. `ulimit -Hn {wanted}` before the run): hold fewer connections"
             );
             return Ok(skipped_by_all(reason, progress));
         }
