@@ -126,7 +126,9 @@ fn main() -> anyhow::Result<()> {
         only: cli.only.map(|list| list.split(',').map(|s| s.trim().to_owned()).collect()),
         idle_connections: cli.idle_connections,
         mqtt_idle_connections: cli.mqtt_idle_connections,
-        work_dir: cli.out.join("work"),
+        // Absolute: each peer runs in its own directory, so a relative
+        // config path on its command line would be resolved from there.
+        work_dir: std::path::absolute(&cli.out)?.join("work"),
     };
     let report = bench::run::run(&options, &mut |line| eprintln!("{line}"))?;
     let written = bench::report::write(&report, &cli.out)?;
