@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::format::{self, cell};
-use super::{chart_path, charts, find, has_latency, has_memory, DIRECT, EDGEPLANE};
+use super::{chart_path, charts, find, has_latency, has_memory, ChartKind, DIRECT, EDGEPLANE};
 use crate::model::{PeerResult, Report, ScenarioResult, Spread};
 
 /// Below this share of the offered rate, an open-loop peer is flagged as having fallen behind.
@@ -206,7 +206,13 @@ fn scenario_section(out: &mut String, scenario: &ScenarioResult) {
 
     let links: Vec<String> = charts::kinds(scenario)
         .into_iter()
-        .map(|kind| format!("[{}]({})", kind.link_text(), chart_path(&scenario.name, kind)))
+        .map(|kind| {
+            let text = match kind {
+                ChartKind::Cpu if scenario.unit == "msg/s" => "CPU per message",
+                _ => kind.link_text(),
+            };
+            format!("[{text}]({})", chart_path(&scenario.name, kind))
+        })
         .collect();
     if !links.is_empty() {
         let _ = writeln!(out, "Charts: {}\n", links.join(" · "));

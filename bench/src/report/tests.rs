@@ -451,6 +451,7 @@ fn mqtt_figures_in_tables_json_and_charts() {
     let direct = cells(table_row(&md, "mqtt-idle", "direct"));
     assert_eq!(direct.iter().rev().nth(1).copied(), Some("2,925 (2,900–2,950) B"));
     assert!(md.contains("RSS per connection: resident memory with the connections open"), "{md}");
+    assert!(md.contains("[CPU per message](charts/mqtt-qos0-cpu.svg)"), "{md}");
 
     let dir = tempfile::tempdir().unwrap();
     write(&report, dir.path()).unwrap();
