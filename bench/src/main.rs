@@ -153,3 +153,17 @@ fn default_edgeplane() -> anyhow::Result<PathBuf> {
         candidate.display()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The help text names every scenario, so it cannot fall behind the list.
+    #[test]
+    fn help_lists_every_scenario() {
+        let help = super::Cli::command().render_long_help().to_string();
+        for name in bench::scenario::ALL {
+            assert!(help.contains(&format!(" {name},")) || help.contains(&format!(" {name}.")), "{name} missing");
+        }
+    }
+}
