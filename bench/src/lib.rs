@@ -1,6 +1,7 @@
 //! edgeplane's benchmark harness. See `docs/benchmarks.md`.
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod external;
 pub mod histogram;
 pub mod load;

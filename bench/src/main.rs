@@ -11,7 +11,11 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "bench", about = "edgeplane against nginx, HAProxy, Envoy, Pipy and a direct baseline")]
 struct Cli {
-    /// Scenarios to run (comma-separated), or `all`.
+    /// Scenarios to run (comma-separated), or `all`: http1-keepalive, http1-new-connection,
+    /// http2-multiplexed, http1-to-http2-upstream, tcp-rr, tcp-bulk, fixed-rate-50, fixed-rate-80,
+    /// reload-under-load, idle-connections, http1-keepalive-wrk, http2-multiplexed-h2load,
+    /// mqtt-qos0, mqtt-qos1, mqtt-fixed-rate-50, mqtt-idle. The MQTT scenarios need mosquitto
+    /// (apt-get install -y mosquitto) and are skipped without it.
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// Measured rounds per peer; peers take turns round by round.
@@ -23,13 +27,13 @@ struct Cli {
     /// Seconds measured per round.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
-    /// Client connections.
+    /// Client connections (MQTT: half publishers, half subscribers, in pairs).
     #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Concurrent streams per HTTP/2 connection.
     #[arg(long, default_value_t = 8)]
     streams: usize,
-    /// Response body bytes (HTTP) or message bytes (tcp-rr).
+    /// Response body bytes (HTTP), message bytes (tcp-rr) or PUBLISH payload bytes (MQTT, at least 16).
     #[arg(long, default_value_t = 64)]
     payload: usize,
     /// Worker threads for every proxy.
@@ -55,6 +59,9 @@ struct Cli {
     /// Idle connections held in `idle-connections`.
     #[arg(long, default_value_t = 1000)]
     idle_connections: usize,
+    /// Idle MQTT connections held in `mqtt-idle` (the open-files limit is raised to fit, when allowed).
+    #[arg(long, default_value_t = 10_000)]
+    mqtt_idle_connections: usize,
     /// Directory for results.json, report.md and charts/.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -118,7 +125,10 @@ fn main() -> anyhow::Result<()> {
         user_peers,
         only: cli.only.map(|list| list.split(',').map(|s| s.trim().to_owned()).collect()),
         idle_connections: cli.idle_connections,
-        work_dir: cli.out.join("work"),
+        mqtt_idle_connections: cli.mqtt_idle_connections,
+        // Absolute: each peer runs in its own directory, so a relative
+        // config path on its command line would be resolved from there.
+        work_dir: std::path::absolute(&cli.out)?.join("work"),
     };
     let report = bench::run::run(&options, &mut |line| eprintln!("{line}"))?;
     let written = bench::report::write(&report, &cli.out)?;
@@ -142,4 +152,18 @@ fn default_edgeplane() -> anyhow::Result<PathBuf> {
         "no edgeplane binary at {}: build it with `cargo build --release -p edgeplane` or pass --edgeplane PATH",
         candidate.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The help text names every scenario, so it cannot fall behind the list.
+    #[test]
+    fn help_lists_every_scenario() {
+        let help = super::Cli::command().render_long_help().to_string();
+        for name in bench::scenario::ALL {
+            assert!(help.contains(&format!(" {name},")) || help.contains(&format!(" {name}.")), "{name} missing");
+        }
+    }
 }

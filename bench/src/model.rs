@@ -52,7 +52,7 @@ pub struct ScenarioResult {
     /// `http1-keepalive`, `tcp-bulk`, ...
     pub name: String,
     pub description: String,
-    /// Unit of `throughput`: `req/s` or `MB/s`.
+    /// Unit of `throughput`: `req/s`, `MB/s`, `msg/s` or `connections`.
     pub unit: String,
     pub peers: Vec<PeerResult>,
     /// Peers that did not run this scenario, and why.
@@ -98,6 +98,11 @@ pub struct Round {
     /// Config reloads during the round (`reload-under-load` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reloads: Option<Reloads>,
+    /// Idle-connection rounds: resident memory the connections added, per
+    /// connection held, in bytes (RSS with them open minus the process's RSS
+    /// when it had just started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_connection: Option<f64>,
 }
 
 /// Config reloads asked for during a round, and what came of them (from the
@@ -155,6 +160,9 @@ pub struct Summary {
     pub errors: u64,
     /// The percentile curve of the round with the median throughput.
     pub curve: Vec<(f64, u64)>,
+    /// Idle-connection scenarios: see [`Round::bytes_per_connection`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_connection: Option<Spread>,
 }
 
 impl Summary {
@@ -175,6 +183,7 @@ impl Summary {
             peak_rss_kib: spread(&|r| r.peak_rss_kib as f64),
             errors: rounds.iter().map(|r| r.errors).sum(),
             curve: median_round.map(|r| r.latency.curve.clone()).unwrap_or_default(),
+            bytes_per_connection: Spread::of(rounds.iter().filter_map(|r| r.bytes_per_connection)),
         }
     }
 }

@@ -91,6 +91,12 @@ pub fn usage(pid: u32) -> Usage {
     usage
 }
 
+/// Descriptors open in `pid` and every process below it (nginx's workers
+/// hold the connections, not its master).
+pub fn open_files(pid: u32) -> usize {
+    tree(pid).into_iter().filter_map(|p| fs::read_dir(format!("/proc/{p}/fd")).ok()).map(|dir| dir.count()).sum()
+}
+
 /// Pins every thread of every process in the tree under `pid` to `cpus`.
 pub fn pin_tree(pid: u32, cpus: &[usize]) -> io::Result<()> {
     for process in tree(pid) {
@@ -144,6 +150,9 @@ mod tests {
         assert!(usage.rss_kib > 100, "{usage:?}");
         assert!(usage.peak_rss_kib >= usage.rss_kib, "{usage:?}");
         assert!(tree(me).contains(&me));
+        // At least the file held here (other tests' threads open and close theirs).
+        let _held = std::fs::File::open("/proc/self/stat").unwrap();
+        assert!(open_files(me) >= 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
+use crate::broker::{self, Broker};
 use crate::load::{self, LoadResult, LoadSpec};
 use crate::model::{
     Latency, PeerResult, Reloads, Report, Round, ScenarioResult, Settings, Skipped, Summary, SCHEMA_VERSION,
@@ -39,6 +40,8 @@ pub struct Options {
     /// Limit the run to these peers (by name); `None`: every peer found.
     pub only: Option<Vec<String>>,
     pub idle_connections: usize,
+    /// Idle MQTT connections held in `mqtt-idle`.
+    pub mqtt_idle_connections: usize,
     /// Configs, logs and pid files of the peers go here.
     pub work_dir: PathBuf,
 }
@@ -67,15 +70,19 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<
         // Fixed-rate runs are set from each peer's own maximum.
         names.insert(0, "http1-keepalive".into());
     }
-    let mut maxima: HashMap<String, f64> = HashMap::new();
+    order_rate_sources(&mut names);
+    let mut rates = Rates::default();
     let mut scenarios = Vec::new();
     for name in &names {
         let scenario = Scenario::by_name(name).with_context(|| format!("unknown scenario {name:?}"))?;
         progress(&format!("== {} ({})", scenario.name, scenario.description));
-        let result = run_scenario(options, &threads, &scenario, &found, &missing, &maxima, progress)?;
-        if scenario.name == "http1-keepalive" {
-            for peer in &result.peers {
-                maxima.insert(peer.peer.clone(), peer.summary.throughput.median);
+        let result = run_scenario(options, &threads, &scenario, &found, &missing, &rates, progress)?;
+        for peer in &result.peers {
+            if scenario.name == "http1-keepalive" {
+                rates.maxima.insert(peer.peer.clone(), peer.summary.throughput.median);
+            }
+            if peer.peer == "direct" {
+                rates.direct.insert(scenario.name, peer.summary.throughput.median);
             }
         }
         scenarios.push(result);
@@ -100,13 +107,86 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<
     })
 }
 
+/// Throughputs measured earlier in the run that open-loop scenarios set
+/// their rates from.
+#[derive(Default)]
+struct Rates {
+    /// Each peer's `http1-keepalive` median.
+    maxima: HashMap<String, f64>,
+    /// The direct baseline's median, by scenario.
+    direct: HashMap<&'static str, f64>,
+}
+
+/// Puts the scenario each `FractionOfDirect` scenario takes its rate from
+/// before it, adding it when it was not asked for.
+fn order_rate_sources(names: &mut Vec<String>) {
+    let mut at = 0;
+    while at < names.len() {
+        if let Some(Mode::FractionOfDirect { of, .. }) = Scenario::by_name(&names[at]).map(|s| s.mode) {
+            match names.iter().position(|n| n == of) {
+                Some(source) if source < at => {}
+                Some(source) => {
+                    let moved = names.remove(source);
+                    names.insert(at, moved);
+                    continue;
+                }
+                None => {
+                    names.insert(at, of.to_owned());
+                    continue;
+                }
+            }
+        }
+        at += 1;
+    }
+}
+
 /// Something load is sent to: the upstream itself, or a running peer.
 struct Target {
     name: String,
     version: Option<String>,
     addr: SocketAddr,
     process: Option<Running>,
+    /// The process whose CPU and memory are measured: the peer's; for
+    /// `direct`, the broker's in `mqtt-idle`, else none.
+    pid: Option<u32>,
+    /// Its resident memory, KiB, and open descriptors, just after it started.
+    baseline: Option<(u64, usize)>,
     rounds: Vec<Round>,
+}
+
+impl Target {
+    fn new(name: &str, version: Option<String>, addr: SocketAddr, process: Option<Running>, pid: Option<u32>) -> Self {
+        let baseline = pid.map(|pid| (procstat::usage(pid).rss_kib, procstat::open_files(pid)));
+        Target { name: name.into(), version, addr, process, pid, baseline, rounds: Vec::new() }
+    }
+}
+
+/// What a scenario's load is sent to behind the proxies.
+enum Backend {
+    InProcess(Upstream),
+    /// The broker, and its open descriptors before any client connected.
+    Broker(Broker, usize),
+}
+
+impl Backend {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Backend::InProcess(upstream) => upstream.addr(),
+            Backend::Broker(broker, _) => broker.addr(),
+        }
+    }
+
+    fn broker_pid(&self) -> Option<u32> {
+        self.broker().map(|(pid, _)| pid)
+    }
+
+    /// The broker's pid and its open descriptors before any client connected.
+    fn broker(&self) -> Option<(u32, usize)> {
+        match self {
+            Backend::InProcess(_) => None,
+            Backend::Broker(broker, open_files) => Some((broker.pid(), *open_files)),
+        }
+    }
 }
 
 /// A started peer process; killed when dropped.
@@ -116,8 +196,22 @@ struct Running {
     config_dir: PathBuf,
 }
 
-/// Peers running now, so that an interrupted harness can stop them.
+/// Peers (and brokers) running now, so that an interrupted harness can stop them.
 static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a started process to be stopped if the harness is interrupted.
+pub(crate) fn track(pid: u32) {
+    if let Ok(mut running) = RUNNING.lock() {
+        running.push(pid);
+    }
+}
+
+/// Forgets a process [`track`]ed before, once it has been stopped.
+pub(crate) fn untrack(pid: u32) {
+    if let Ok(mut running) = RUNNING.lock() {
+        running.retain(|p| *p != pid);
+    }
+}
 
 /// Makes SIGINT, SIGTERM and SIGHUP stop every running peer before the
 /// harness exits, instead of leaving proxies behind on their ports. Call it
@@ -149,7 +243,7 @@ pub fn stop_peers_on_signal() -> anyhow::Result<()> {
 /// SIGTERM to `pid`, then (once it has exited, or after a grace period)
 /// SIGKILL to every process that was in its tree and is still the same
 /// process (pids get reused).
-fn stop_tree(pid: u32, child: Option<&mut Child>) {
+pub(crate) fn stop_tree(pid: u32, child: Option<&mut Child>) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let tree: Vec<(u32, Option<u64>)> = procstat::tree(pid).into_iter().map(|p| (p, procstat::start_time(p))).collect();
@@ -182,9 +276,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         let pid = self.child.id();
         stop_tree(pid, Some(&mut self.child));
-        if let Ok(mut running) = RUNNING.lock() {
-            running.retain(|p| *p != pid);
-        }
+        untrack(pid);
         let _ = self.child.wait();
     }
 }
@@ -195,35 +287,73 @@ fn run_scenario(
     scenario: &Scenario,
     peers: &[Box<dyn Peer>],
     missing: &[Skipped],
-    maxima: &HashMap<String, f64>,
+    rates: &Rates,
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<ScenarioResult> {
+    let skipped_by_all = |reason: String, progress: &mut dyn FnMut(&str)| {
+        progress(&format!("   skipped: {reason}"));
+        let mut skipped: Vec<Skipped> = vec![skip("direct", &reason)];
+        skipped.extend(peers.iter().map(|peer| skip(peer.name(), &reason)));
+        ScenarioResult {
+            name: scenario.name.into(),
+            description: scenario.description.into(),
+            unit: scenario.unit.into(),
+            peers: Vec::new(),
+            skipped,
+        }
+    };
     if let Mode::External(tool) = scenario.mode {
         if !crate::external::installed(tool) {
             let reason = format!("{} is not installed: apt-get install -y {}", tool.program(), tool.package());
-            let mut skipped: Vec<Skipped> = vec![skip("direct", &reason)];
-            skipped.extend(peers.iter().map(|peer| skip(peer.name(), &reason)));
-            progress(&format!("   skipped: {reason}"));
-            return Ok(ScenarioResult {
-                name: scenario.name.into(),
-                description: scenario.description.into(),
-                unit: scenario.unit.into(),
-                peers: Vec::new(),
-                skipped,
-            });
+            return Ok(skipped_by_all(reason, progress));
+        }
+    }
+    let clients = match (scenario.mode, scenario.downstream) {
+        (Mode::IdleConnections, Wire::Mqtt) => options.mqtt_idle_connections,
+        (Mode::IdleConnections, _) => options.idle_connections,
+        _ => options.connections,
+    };
+    if scenario.mode == Mode::IdleConnections {
+        // A proxy holds two descriptors per client (client and upstream
+        // side) plus its own few; the load side and the broker one each.
+        let wanted = 2 * clients as u64 + 256;
+        let (soft, hard) = peers::raise_open_files_limit(wanted);
+        if soft < wanted {
+            let reason = format!(
+                "{clients} idle connections need about {wanted} open files in the proxy's process, and the limit \
+                 cannot be raised above {soft} (hard limit {hard}; raising it needs root with CAP_SYS_RESOURCE, \
+                 e.g. `ulimit -Hn {wanted}` before the run): hold fewer connections"
+            );
+            return Ok(skipped_by_all(reason, progress));
         }
     }
     let payload = if scenario.name == "tcp-bulk" { 64 * 1024 } else { options.payload };
     let kind = scenario.upstream_kind;
-    let upstream = threads.run(0, async move { Upstream::start(kind, payload).await })??;
+    let backend = if kind == UpstreamKind::MqttBroker {
+        let Some(program) = broker::program() else { return Ok(skipped_by_all(broker::missing_reason(), progress)) };
+        // Started from this thread, so the broker runs on the load CPUs.
+        match Broker::start(&program, &options.work_dir.join(scenario.name).join(broker::PROGRAM)) {
+            Ok(started) => {
+                let version = broker::version(&program).unwrap_or_else(|| "(version unknown)".into());
+                progress(&format!("   broker: {} {version} on {}", broker::PROGRAM, started.addr()));
+                let open_files = procstat::open_files(started.pid());
+                Backend::Broker(started, open_files)
+            }
+            Err(error) => return Ok(skipped_by_all(format!("{error:#}"), progress)),
+        }
+    } else {
+        Backend::InProcess(threads.run(0, async move { Upstream::start(kind, payload).await })??)
+    };
     let mut skipped: Vec<Skipped> = missing.to_vec();
     let mut targets = Vec::new();
 
-    match scenario.mode {
-        Mode::ReloadUnderLoad => {
+    match (scenario.mode, scenario.downstream) {
+        (Mode::ReloadUnderLoad, _) => {
             skipped.push(skip("direct", "no proxy: nothing to reload"));
         }
-        Mode::IdleConnections => {
+        // MQTT: the broker's own memory per connection, for comparison.
+        (Mode::IdleConnections, Wire::Mqtt) => {}
+        (Mode::IdleConnections, _) => {
             skipped.push(skip("direct", "no proxy: nothing to measure"));
         }
         _ => {}
@@ -234,7 +364,7 @@ fn run_scenario(
     let direct_kind = match scenario.downstream {
         Wire::Http1 => UpstreamKind::Http1,
         Wire::Http2 => UpstreamKind::Http2,
-        Wire::Tcp => scenario.upstream_kind,
+        Wire::Tcp | Wire::Mqtt => scenario.upstream_kind,
     };
     let direct_upstream =
         if direct_kind == scenario.upstream_kind || !matches!(scenario.mode, Mode::Max | Mode::External(_)) {
@@ -242,14 +372,15 @@ fn run_scenario(
         } else {
             Some(threads.run(0, async move { Upstream::start(direct_kind, payload).await })??)
         };
-    if matches!(scenario.mode, Mode::Max | Mode::FractionOfMax(_) | Mode::External(_)) {
-        targets.push(Target {
-            name: "direct".into(),
-            version: None,
-            addr: direct_upstream.as_ref().map_or(upstream.addr(), Upstream::addr),
-            process: None,
-            rounds: Vec::new(),
-        });
+    let direct_runs = match scenario.mode {
+        Mode::Max | Mode::FractionOfMax(_) | Mode::FractionOfDirect { .. } | Mode::External(_) => true,
+        Mode::IdleConnections => scenario.downstream == Wire::Mqtt,
+        Mode::ReloadUnderLoad => false,
+    };
+    if direct_runs {
+        let addr = direct_upstream.as_ref().map_or(backend.addr(), Upstream::addr);
+        let pid = if scenario.mode == Mode::IdleConnections { backend.broker_pid() } else { None };
+        targets.push(Target::new("direct", None, addr, None, pid));
     }
     for peer in peers {
         if scenario.mode == Mode::ReloadUnderLoad && peer.name() != "edgeplane" {
@@ -260,9 +391,10 @@ fn run_scenario(
             downstream: scenario.downstream,
             upstream: scenario.upstream,
             listen: free_port()?,
-            upstream_addr: upstream.addr(),
+            upstream_addr: backend.addr(),
             threads: options.proxy_threads,
             admin: free_port()?,
+            clients,
         };
         if let Err(reason) = peer.supports(&topology) {
             skipped.push(skip(peer.name(), &reason));
@@ -270,13 +402,11 @@ fn run_scenario(
         }
         let dir = options.work_dir.join(scenario.name).join(peer.name());
         match start_peer(peer.as_ref(), topology, &dir, &options.proxy_cpus, &options.load_cpus) {
-            Ok(running) => targets.push(Target {
-                name: peer.name().into(),
-                version: peers::version(peer.program(), peer.name()),
-                addr: running.topology.listen,
-                process: Some(running),
-                rounds: Vec::new(),
-            }),
+            Ok(running) => {
+                let (addr, pid) = (running.topology.listen, running.child.id());
+                let version = peers::version(peer.program(), peer.name());
+                targets.push(Target::new(peer.name(), version, addr, Some(running), Some(pid)));
+            }
             Err(error) => skipped.push(skip(peer.name(), &format!("did not start: {error:#}"))),
         }
     }
@@ -284,26 +414,37 @@ fn run_scenario(
     for round in 1..=options.rounds {
         for target in &mut targets {
             let rate = match scenario.mode {
-                Mode::FractionOfMax(fraction) => match maxima.get(&target.name) {
+                Mode::FractionOfMax(fraction) => match rates.maxima.get(&target.name) {
                     Some(max) if *max > 0.0 => Some(max * fraction),
                     _ => {
                         progress(&format!("   {}: no http1-keepalive maximum; skipped", target.name));
                         continue;
                     }
                 },
+                Mode::FractionOfDirect { fraction, of } => match rates.direct.get(of) {
+                    Some(max) if *max > 0.0 => Some(max * fraction),
+                    _ => {
+                        progress(&format!("   {}: no direct {of} figure to set the rate from; skipped", target.name));
+                        continue;
+                    }
+                },
                 _ => None,
             };
             let figures = measure(options, threads, scenario, target, rate)?;
+            if scenario.mode == Mode::IdleConnections {
+                settle(target, &backend, progress);
+            }
             progress(&format!(
-                "   round {round}/{} {:<10} {:>10.1} {}  p50 {:>7} µs  p99 {:>7} µs  cpu {}  errors {}",
+                "   round {round}/{} {:<10} {:>10.1} {}  p50 {:>7} µs  p99 {:>7} µs  cpu {}  errors {}{}",
                 options.rounds,
                 target.name,
                 figures.throughput,
                 scenario.unit,
                 figures.latency.p50,
                 figures.latency.p99,
-                figures.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.1} µs/req")),
+                figures.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.1} µs/{}", per(scenario.unit))),
                 figures.errors,
+                figures.bytes_per_connection.map_or(String::new(), |b| format!("  {b:.0} B/connection")),
             ));
             target.rounds.push(figures);
         }
@@ -319,7 +460,7 @@ fn run_scenario(
             rounds: target.rounds,
         })
         .collect();
-    drop(upstream);
+    drop(backend);
     drop(direct_upstream);
     Ok(ScenarioResult {
         name: scenario.name.into(),
@@ -328,6 +469,44 @@ fn run_scenario(
         peers,
         skipped,
     })
+}
+
+/// What CPU time is counted per: `req`, `msg`.
+fn per(unit: &str) -> &str {
+    unit.strip_suffix("/s").unwrap_or("op")
+}
+
+/// After an idle-connection round: waits until the peer and the broker have
+/// closed the round's connections (their descriptor counts are back where
+/// they started), so that the next round, or the next peer, starts from the
+/// same state and the broker's memory is not measured with stragglers.
+fn settle(target: &Target, backend: &Backend, progress: &mut dyn FnMut(&str)) {
+    // A few descriptors come and go on their own (log files, timers).
+    const SLACK: usize = 16;
+    let mut watched: Vec<(u32, usize)> = Vec::new();
+    if let (Some(pid), Some((_, fds))) = (target.pid, target.baseline) {
+        watched.push((pid, fds));
+    }
+    if let Some(broker) = backend.broker().filter(|(pid, _)| Some(*pid) != target.pid) {
+        watched.push(broker);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let busy: Vec<(u32, usize, usize)> = watched
+            .iter()
+            .map(|&(pid, base)| (pid, base, procstat::open_files(pid)))
+            .filter(|&(_, base, now)| now > base + SLACK)
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            progress(&format!("   warning: connections still closing after 30 s (pid, descriptors): {busy:?}"));
+            return;
+        }
+        // Closing is the processes' own work; nothing signals its end.
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn skip(peer: &str, reason: &str) -> Skipped {
@@ -368,9 +547,7 @@ fn start_peer(
         .spawn();
     procstat::pin_current_thread(load_cpus)?;
     let child = spawned.with_context(|| format!("starting {}", launch.program.display()))?;
-    if let Ok(mut running) = RUNNING.lock() {
-        running.push(child.id());
-    }
+    track(child.id());
     let mut running = Running { child, topology, config_dir: dir.to_owned() };
     wait_listening(&mut running)?;
     procstat::pin_tree(running.child.id(), proxy_cpus)?;
@@ -403,10 +580,18 @@ fn measure(
     target: &Target,
     rate: Option<f64>,
 ) -> anyhow::Result<Round> {
-    let pid = target.process.as_ref().map(|p| p.child.id());
+    let pid = target.pid;
     if scenario.mode == Mode::IdleConnections {
-        let (addr, count) = (target.addr, options.idle_connections);
-        return threads.run(0, idle_connections(addr, count, pid));
+        let (addr, baseline) = (target.addr, target.baseline.map(|(rss, _)| rss));
+        return if scenario.downstream == Wire::Mqtt {
+            let count = options.mqtt_idle_connections;
+            threads.run(0, async move {
+                let (held, failed) = load::mqtt::idle(addr, count).await;
+                idle_round(held.len(), failed, pid, baseline)
+            })
+        } else {
+            threads.run(0, idle_connections(addr, options.idle_connections, pid, baseline))
+        };
     }
     if let Mode::External(tool) = scenario.mode {
         return external_round(options, tool, target.addr, pid);
@@ -470,6 +655,7 @@ fn measure(
         rss_kib: after.rss_kib,
         peak_rss_kib: after.peak_rss_kib,
         reloads,
+        bytes_per_connection: None,
     })
 }
 
@@ -495,6 +681,7 @@ fn external_round(options: &Options, tool: Tool, addr: SocketAddr, pid: Option<u
         rss_kib: after.rss_kib,
         peak_rss_kib: after.peak_rss_kib,
         reloads: None,
+        bytes_per_connection: None,
     })
 }
 
@@ -505,7 +692,7 @@ fn share(total: usize, parts: usize, index: usize) -> usize {
 
 /// Opens `count` keep-alive connections, one request each, holds them, and
 /// measures the proxy's memory while they are idle.
-async fn idle_connections(addr: SocketAddr, count: usize, pid: Option<u32>) -> Round {
+async fn idle_connections(addr: SocketAddr, count: usize, pid: Option<u32>, baseline_kib: Option<u64>) -> Round {
     let mut held = Vec::with_capacity(count);
     let mut errors = 0;
     let mut buf = bytes::BytesMut::with_capacity(4096);
@@ -521,10 +708,22 @@ async fn idle_connections(addr: SocketAddr, count: usize, pid: Option<u32>) -> R
             _ => errors += 1,
         }
     }
+    idle_round(held.len(), errors, pid, baseline_kib)
+}
+
+/// The figures of an idle-connection round, taken while `held` connections
+/// are open (the caller still holds them).
+fn idle_round(held: usize, errors: u64, pid: Option<u32>, baseline_kib: Option<u64>) -> Round {
     let usage = pid.map(procstat::usage).unwrap_or_default();
+    let bytes_per_connection = match (pid, baseline_kib) {
+        (Some(_), Some(baseline)) if held > 0 => {
+            Some(usage.rss_kib.saturating_sub(baseline) as f64 * 1024.0 / held as f64)
+        }
+        _ => None,
+    };
     Round {
-        throughput: held.len() as f64,
-        completed: held.len() as u64,
+        throughput: held as f64,
+        completed: held as u64,
         errors,
         offered_rate: None,
         latency: Latency::default(),
@@ -533,6 +732,7 @@ async fn idle_connections(addr: SocketAddr, count: usize, pid: Option<u32>) -> R
         rss_kib: usage.rss_kib,
         peak_rss_kib: usage.peak_rss_kib,
         reloads: None,
+        bytes_per_connection,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The scenarios a run can include.
 
-use crate::load::Workload;
+use crate::load::{Workload, MQTT_MIN_PAYLOAD};
 use crate::peers::Wire;
 use crate::upstream::UpstreamKind;
 
@@ -12,9 +12,14 @@ pub enum Mode {
     /// Open-loop load at this fraction of the peer's closed-loop
     /// `http1-keepalive` throughput (measured first).
     FractionOfMax(f64),
+    /// Open-loop load at `fraction` of the direct baseline's median in
+    /// scenario `of` (run first), the same rate for every peer: the added
+    /// latency at one load is then comparable across peers.
+    FractionOfDirect { fraction: f64, of: &'static str },
     /// Closed-loop load while edgeplane's config is swapped continuously.
     ReloadUnderLoad,
-    /// Idle keep-alive connections held open; memory is what counts.
+    /// Idle connections held open (HTTP keep-alive, or MQTT after CONNACK);
+    /// memory is what counts.
     IdleConnections,
     /// Closed-loop load from an external tool, to cross-check the built-in
     /// generator's figures.
@@ -52,11 +57,11 @@ pub struct Scenario {
     pub upstream: Wire,
     pub upstream_kind: UpstreamKind,
     pub mode: Mode,
-    /// `req/s`, `MB/s` or `connections`.
+    /// `req/s`, `MB/s`, `msg/s` or `connections`.
     pub unit: &'static str,
 }
 
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 16] = [
     "http1-keepalive",
     "http1-new-connection",
     "http2-multiplexed",
@@ -69,7 +74,20 @@ pub const ALL: [&str; 12] = [
     "idle-connections",
     "http1-keepalive-wrk",
     "http2-multiplexed-h2load",
+    "mqtt-qos0",
+    "mqtt-qos1",
+    "mqtt-fixed-rate-50",
+    "mqtt-idle",
 ];
+
+/// Messages each MQTT publisher/subscriber pair may have in flight end to
+/// end in the closed-loop MQTT scenarios: enough to keep the pipeline busy,
+/// and at most mosquitto's `max_inflight_messages` (20), so QoS 1 deliveries
+/// never spill into its queue (which drops beyond `max_queued_messages`).
+pub const MQTT_WINDOW: usize = 16;
+
+/// What the MQTT scenarios run against.
+pub const MQTT_BROKER: &str = "mosquitto";
 
 impl Scenario {
     pub fn by_name(name: &str) -> Option<Scenario> {
@@ -185,6 +203,55 @@ impl Scenario {
                 UpstreamKind::Http1,
                 Mode::External(Tool::H2load),
             ),
+            "mqtt-qos0" => Scenario {
+                unit: "msg/s",
+                ..http(
+                    "mqtt-qos0",
+                    "MQTT 3.1.1 QoS 0, publisher → proxy → mosquitto → proxy → subscriber, one topic per \
+                     publisher/subscriber pair, at most 16 messages per pair in flight end to end; delivered \
+                     messages counted at the subscribers",
+                    Wire::Mqtt,
+                    Wire::Mqtt,
+                    UpstreamKind::MqttBroker,
+                    Mode::Max,
+                )
+            },
+            "mqtt-qos1" => Scenario {
+                unit: "msg/s",
+                ..http(
+                    "mqtt-qos1",
+                    "MQTT 3.1.1 QoS 1 both ways (publishers wait for PUBACK, subscribers acknowledge), at most \
+                     16 messages per pair unacknowledged or undelivered",
+                    Wire::Mqtt,
+                    Wire::Mqtt,
+                    UpstreamKind::MqttBroker,
+                    Mode::Max,
+                )
+            },
+            "mqtt-fixed-rate-50" => Scenario {
+                unit: "msg/s",
+                ..http(
+                    "mqtt-fixed-rate-50",
+                    "MQTT QoS 0, open loop at 50% of the direct baseline's mqtt-qos0 median, the same rate for \
+                     every peer; end-to-end latency from the intended send time",
+                    Wire::Mqtt,
+                    Wire::Mqtt,
+                    UpstreamKind::MqttBroker,
+                    Mode::FractionOfDirect { fraction: 0.5, of: "mqtt-qos0" },
+                )
+            },
+            "mqtt-idle" => Scenario {
+                unit: "connections",
+                ..http(
+                    "mqtt-idle",
+                    "Memory with many idle MQTT connections (CONNECT with keep-alive 600 s, CONNACK received); \
+                     the direct row's memory is mosquitto's own",
+                    Wire::Mqtt,
+                    Wire::Mqtt,
+                    UpstreamKind::MqttBroker,
+                    Mode::IdleConnections,
+                )
+            },
             _ => return None,
         })
     }
@@ -192,6 +259,8 @@ impl Scenario {
     /// The load each connection generates in this scenario.
     pub fn workload(&self, streams: usize, payload: usize) -> Workload {
         match (self.name, self.downstream) {
+            ("mqtt-qos1", _) => Workload::Mqtt { qos: 1, window: MQTT_WINDOW, payload: payload.max(MQTT_MIN_PAYLOAD) },
+            (_, Wire::Mqtt) => Workload::Mqtt { qos: 0, window: MQTT_WINDOW, payload: payload.max(MQTT_MIN_PAYLOAD) },
             ("http1-new-connection", _) => Workload::Http1NewConnection,
             ("tcp-bulk", _) => Workload::TcpBulk,
             (_, Wire::Tcp) => Workload::TcpRequestResponse { size: payload.max(1) },
@@ -215,5 +284,14 @@ mod tests {
         assert_eq!(Scenario::by_name("tcp-bulk").unwrap().workload(4, 64), Workload::TcpBulk);
         assert_eq!(Scenario::by_name("tcp-rr").unwrap().workload(4, 64), Workload::TcpRequestResponse { size: 64 });
         assert_eq!(Scenario::by_name("http2-multiplexed").unwrap().workload(8, 64), Workload::Http2 { streams: 8 });
+        assert_eq!(
+            Scenario::by_name("mqtt-qos1").unwrap().workload(8, 64),
+            Workload::Mqtt { qos: 1, window: MQTT_WINDOW, payload: 64 }
+        );
+        assert_eq!(
+            Scenario::by_name("mqtt-fixed-rate-50").unwrap().workload(8, 1),
+            Workload::Mqtt { qos: 0, window: MQTT_WINDOW, payload: MQTT_MIN_PAYLOAD }
+        );
+        assert_eq!(Scenario::by_name("mqtt-idle").unwrap().unit, "connections");
     }
 }

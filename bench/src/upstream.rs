@@ -24,6 +24,9 @@ pub enum UpstreamKind {
     Http2,
     TcpEcho,
     TcpSource,
+    /// An MQTT broker: mosquitto, an external process ([`crate::broker`]),
+    /// not one of these in-process servers.
+    MqttBroker,
 }
 
 /// A running upstream; stops when dropped.
@@ -42,6 +45,9 @@ impl Upstream {
     /// Starts on 127.0.0.1 (ephemeral port) on the current tokio runtime.
     /// `payload` is the response body (HTTP) or the chunk written (source).
     pub async fn start(kind: UpstreamKind, payload: usize) -> io::Result<Upstream> {
+        if kind == UpstreamKind::MqttBroker {
+            return Err(io::Error::other("the MQTT broker is a process of its own: start it with crate::broker"));
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let body = Bytes::from(vec![b'x'; payload]);
@@ -56,6 +62,7 @@ impl Upstream {
                         UpstreamKind::Http2 => serve_http2(stream, body).await,
                         UpstreamKind::TcpEcho => echo(stream).await,
                         UpstreamKind::TcpSource => source(stream, &body).await,
+                        UpstreamKind::MqttBroker => Ok(()),
                     };
                 });
             }

@@ -40,6 +40,7 @@ fn a_tiny_run_produces_every_figure() {
         user_peers: Vec::new(),
         only: Some(only),
         idle_connections: 20,
+        mqtt_idle_connections: 20,
         work_dir: work.path().join("work"),
     };
     let mut lines = Vec::new();

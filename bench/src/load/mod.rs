@@ -5,6 +5,7 @@
 
 mod http1;
 mod http2;
+pub mod mqtt;
 mod tcp;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use crate::histogram::Latencies;
 
 pub use http1::{exchange as http1_exchange, Response as Http1Response};
+pub use mqtt::MIN_PAYLOAD as MQTT_MIN_PAYLOAD;
 
 /// What each connection does.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +31,20 @@ pub enum Workload {
     TcpRequestResponse { size: usize },
     /// TCP download: read whatever the upstream sends, as fast as possible.
     TcpBulk,
+    /// MQTT publisher/subscriber pairs (two connections each) through one
+    /// broker: PUBLISH at `qos` with `payload` bytes, at most `window`
+    /// messages per pair in flight end to end in closed loop.
+    Mqtt { qos: u8, window: usize, payload: usize },
+}
+
+impl Workload {
+    /// Client connections one task of this workload opens.
+    pub fn connections_per_task(&self) -> usize {
+        match self {
+            Workload::Mqtt { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -109,6 +125,15 @@ impl Pacer {
         self.previous_done = at;
     }
 
+    /// The same schedule, its next slot moved to `at` if it is earlier (for
+    /// a connection that starts sending only after a setup of its own).
+    pub fn not_before(self, at: Instant) -> Pacer {
+        if self.next >= at {
+            return self;
+        }
+        Pacer::new(at, self.interval)
+    }
+
     /// The share of this connection's schedule for one of `parts` streams.
     pub fn split(self, index: usize, parts: usize) -> Pacer {
         let interval = self.interval * parts as u32;
@@ -150,7 +175,8 @@ pub fn finished(pacer: &mut Option<Pacer>, done: Instant) {
 /// `window`, recording what falls inside it.
 pub async fn run(spec: &LoadSpec, window: Window) -> LoadResult {
     let start = Instant::now();
-    let connections = spec.connections.max(1);
+    // One task per connection, or per pair of them for MQTT.
+    let connections = (spec.connections / spec.workload.connections_per_task()).max(1);
     let mut tasks = Vec::with_capacity(connections);
     for index in 0..connections {
         let spec = spec.clone();
@@ -167,6 +193,9 @@ pub async fn run(spec: &LoadSpec, window: Window) -> LoadResult {
                 Workload::Http2 { streams } => http2::connection(spec.target, streams, window, pacer).await,
                 Workload::TcpRequestResponse { size } => tcp::request_response(spec.target, size, window, pacer).await,
                 Workload::TcpBulk => tcp::bulk(spec.target, window).await,
+                Workload::Mqtt { qos, window: in_flight, payload } => {
+                    mqtt::pair(spec.target, qos, in_flight, payload, window, pacer).await
+                }
             }
         }));
     }

@@ -17,7 +17,7 @@
 //! HTTP: `http_connection_manager` with `codec_type: AUTO` (HTTP/1.1 and h2c
 //! prior knowledge on one listener), one route to the STATIC cluster
 //! `upstream`, which speaks HTTP/1.1 or HTTP/2 through
-//! `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`. TCP: `tcp_proxy`.
+//! `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`. TCP and MQTT: `tcp_proxy`.
 //! The admin server listens on `Topology::admin`.
 //!
 //! Not run here (no Envoy binary on this machine): the tests check the
@@ -258,11 +258,13 @@ mod tests {
 
     #[test]
     fn tcp_uses_tcp_proxy() {
-        let doc = parse(&config(&topology(Wire::Tcp, Wire::Tcp, 1)));
-        let filter = at(&doc, "static_resources.listeners.0.filter_chains.0.filters.0");
-        assert_eq!(filter["name"], "envoy.filters.network.tcp_proxy");
-        assert_eq!(at(filter, "typed_config.cluster"), "upstream");
-        assert!(at(&doc, "static_resources.clusters.0").get("typed_extension_protocol_options").is_none());
+        for wire in [Wire::Tcp, Wire::Mqtt] {
+            let doc = parse(&config(&topology(wire, wire, 1)));
+            let filter = at(&doc, "static_resources.listeners.0.filter_chains.0.filters.0");
+            assert_eq!(filter["name"], "envoy.filters.network.tcp_proxy");
+            assert_eq!(at(filter, "typed_config.cluster"), "upstream");
+            assert!(at(&doc, "static_resources.clusters.0").get("typed_extension_protocol_options").is_none());
+        }
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub enum Wire {
     Http2,
     /// Opaque TCP.
     Tcp,
+    /// MQTT (3.1.1). edgeplane proxies it with its MQTT listener; the other
+    /// peers relay it as opaque TCP, the way they would be deployed in front
+    /// of a broker without an MQTT module.
+    Mqtt,
 }
 
 /// What a proxy must do in a scenario.
@@ -48,6 +52,10 @@ pub struct Topology {
     pub threads: usize,
     /// A free loopback address for an admin/stats port, for peers that need one.
     pub admin: SocketAddr,
+    /// Most client connections the scenario holds open at once (idle
+    /// scenarios hold thousands), for peers whose connection limits must be
+    /// sized up front.
+    pub clients: usize,
 }
 
 /// How to start a peer for a scenario.
@@ -98,6 +106,11 @@ impl Wire {
     pub fn is_http(self) -> bool {
         matches!(self, Wire::Http1 | Wire::Http2)
     }
+
+    /// A byte stream a TCP-mode proxy relays as it is (TCP, MQTT).
+    pub fn is_stream(self) -> bool {
+        !self.is_http()
+    }
 }
 
 impl std::fmt::Display for Wire {
@@ -106,13 +119,15 @@ impl std::fmt::Display for Wire {
             Wire::Http1 => "HTTP/1.1",
             Wire::Http2 => "HTTP/2 (h2c)",
             Wire::Tcp => "TCP",
+            Wire::Mqtt => "MQTT",
         })
     }
 }
 
-/// The check every peer makes first: both sides HTTP, or both TCP.
+/// The check every peer makes first: both sides HTTP, or both the same byte
+/// stream protocol (TCP, MQTT).
 pub(crate) fn check_sides(topology: &Topology) -> Result<(), String> {
-    if topology.downstream.is_http() != topology.upstream.is_http() {
+    if topology.downstream != topology.upstream && !(topology.downstream.is_http() && topology.upstream.is_http()) {
         return Err(format!(
             "{} clients to a {} upstream is not a proxy topology any peer is benchmarked on",
             topology.downstream, topology.upstream
@@ -129,6 +144,23 @@ pub(crate) fn check_sides(topology: &Topology) -> Result<(), String> {
 pub fn open_files_limit() -> (u64, u64) {
     use nix::sys::resource::{getrlimit, Resource};
     getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 4096))
+}
+
+/// Raises this process's open-files limit (inherited by the peers and the
+/// broker it starts afterwards) to at least `wanted` if it can: the soft
+/// limit up to the hard one, and the hard one too when privileged. Returns
+/// the limits in force afterwards.
+pub fn raise_open_files_limit(wanted: u64) -> (u64, u64) {
+    use nix::sys::resource::{setrlimit, Resource};
+    let (soft, hard) = open_files_limit();
+    if soft >= wanted {
+        return (soft, hard);
+    }
+    if hard < wanted && setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
+        return open_files_limit();
+    }
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, wanted.min(hard), hard);
+    open_files_limit()
 }
 
 /// Looks a program up in `PATH`, then in the sbin directories (where Debian
@@ -279,15 +311,22 @@ pub(crate) mod test_support {
             upstream_addr: "127.0.0.1:19090".parse().unwrap(),
             threads,
             admin: "127.0.0.1:18099".parse().unwrap(),
+            clients: 64,
         }
     }
 
     /// Every topology the scenarios use.
     pub fn all_topologies() -> Vec<Topology> {
-        [(Wire::Http1, Wire::Http1), (Wire::Http2, Wire::Http1), (Wire::Http1, Wire::Http2), (Wire::Tcp, Wire::Tcp)]
-            .into_iter()
-            .map(|(down, up)| topology(down, up, 2))
-            .collect()
+        [
+            (Wire::Http1, Wire::Http1),
+            (Wire::Http2, Wire::Http1),
+            (Wire::Http1, Wire::Http2),
+            (Wire::Tcp, Wire::Tcp),
+            (Wire::Mqtt, Wire::Mqtt),
+        ]
+        .into_iter()
+        .map(|(down, up)| topology(down, up, 2))
+        .collect()
     }
 
     /// A peer's binary for tests that run it: `Some` when installed. When it
@@ -347,6 +386,8 @@ mod tests {
         assert!(reason.contains("TCP clients to a HTTP/1.1 upstream"), "{reason}");
         assert!(check_sides(&super::test_support::topology(Wire::Http2, Wire::Http1, 1)).is_ok());
         assert!(check_sides(&super::test_support::topology(Wire::Http1, Wire::Http1, 0)).is_err());
+        assert!(check_sides(&super::test_support::topology(Wire::Mqtt, Wire::Mqtt, 1)).is_ok());
+        assert!(check_sides(&super::test_support::topology(Wire::Mqtt, Wire::Tcp, 1)).is_err());
     }
 
     fn fake_binary(dir: &Path, name: &str) -> PathBuf {
@@ -424,5 +465,7 @@ mod tests {
     fn open_files_limit_is_sane() {
         let (soft, hard) = open_files_limit();
         assert!(soft > 0 && soft <= hard, "{soft} {hard}");
+        // Asking for no more than is there changes nothing.
+        assert_eq!(raise_open_files_limit(soft), (soft, hard));
     }
 }

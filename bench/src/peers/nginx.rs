@@ -15,7 +15,7 @@
 //! directory. nginx cannot proxy to an HTTP/2 upstream (`proxy_pass` speaks
 //! HTTP/1.x; `grpc_pass` is for gRPC only).
 //!
-//! TCP: the `stream` module, a dynamic module on Debian (package
+//! TCP and MQTT (relayed as TCP): the `stream` module, a dynamic module on Debian (package
 //! `libnginx-mod-stream`), loaded with `load_module`.
 
 use std::path::{Path, PathBuf};
@@ -106,10 +106,14 @@ impl Nginx {
 
 /// Client connections one worker may hold: each proxied request takes two
 /// (client and upstream), so 10000 covers ~2000 clients on one worker with
-/// room; capped by the open-files limit nginx inherits.
-fn worker_connections() -> u64 {
+/// room, and a scenario holding more `clients` gets twice as many and some;
+/// capped by the open-files limit nginx inherits. Not more than needed:
+/// nginx allocates and touches its connection array up front, which would
+/// show in its memory figures.
+fn worker_connections(clients: usize) -> u64 {
     let (soft, _) = open_files_limit();
-    soft.saturating_sub(64).clamp(1024, 10_000)
+    let wanted = 10_000u64.max(2 * clients as u64 + 1_000);
+    soft.saturating_sub(64).clamp(1024, wanted)
 }
 
 /// nginx's config for `topology` (which [`Nginx::supports`]), writing only in `dir`.
@@ -129,8 +133,8 @@ pub fn config(topology: &Topology, dir: &Path, stream_module: Option<&Path>, run
         // scenario's (private) directory.
         conf.push_str("user root;\n");
     }
-    conf.push_str(&format!("events {{\n    worker_connections {};\n}}\n", worker_connections()));
-    if topology.downstream == Wire::Tcp {
+    conf.push_str(&format!("events {{\n    worker_connections {};\n}}\n", worker_connections(topology.clients)));
+    if topology.downstream.is_stream() {
         conf.push_str(&format!(
             "stream {{
     upstream upstream {{
@@ -210,7 +214,7 @@ impl Peer for Nginx {
         if topology.downstream == Wire::Http2 && !self.build.http2 {
             return Err(format!("{} was built without --with-http_v2_module", self.program.display()));
         }
-        if topology.downstream == Wire::Tcp {
+        if topology.downstream.is_stream() {
             match &self.build.stream {
                 Stream::Builtin => {}
                 Stream::Module(path) if path.is_file() => {}
@@ -233,7 +237,7 @@ impl Peer for Nginx {
 
     fn launch(&self, topology: &Topology, dir: &Path) -> Launch {
         let module = match (&self.build.stream, topology.downstream) {
-            (Stream::Module(path), Wire::Tcp) => Some(path.as_path()),
+            (Stream::Module(path), wire) if wire.is_stream() => Some(path.as_path()),
             _ => None,
         };
         let path = dir.join(CONFIG_FILE);
@@ -365,7 +369,7 @@ mod tests {
         let peer = Nginx::new(program.clone());
         for topology in all_topologies() {
             if let Err(reason) = peer.supports(&topology) {
-                if topology.downstream == Wire::Tcp && peers_required() {
+                if topology.downstream.is_stream() && peers_required() {
                     panic!("BENCH_REQUIRE_PEERS=1: {reason}");
                 }
                 eprintln!("not checked with nginx -t: {} → {}: {reason}", topology.downstream, topology.upstream);

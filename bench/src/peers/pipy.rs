@@ -19,7 +19,7 @@
 //!   per-thread pool shared by all clients, as the other peers have. HTTP/2
 //!   upstream: one multiplexed connection per thread (`maxSessions: 1`, as in
 //!   Pipy's own agent-to-hub session in its samples);
-//! - TCP: `connect` straight after `listen`;
+//! - TCP, and MQTT relayed as TCP: `connect` straight after `listen`;
 //! - CLI (`src/main-options.cpp`): `--threads=<number>` (the `=` form: a
 //!   separate argument would be read as the script), `--reuse-port` (each
 //!   worker thread binds its own listening socket; SO_REUSEPORT lets them share
@@ -55,7 +55,7 @@ pub fn script(topology: &Topology) -> String {
     );
     let listen = topology.listen;
     let upstream = topology.upstream_addr;
-    if topology.downstream == Wire::Tcp {
+    if topology.downstream.is_stream() {
         return format!(
             "{header}pipy()
   .listen('{listen}')
@@ -146,6 +146,8 @@ mod tests {
         let js = script(&topology);
         assert!(js.contains(".listen('127.0.0.1:18080')\n  .connect('[::1]:19090')\n"), "{js}");
         assert!(!js.contains("HTTP("));
+        let mqtt = script(&super::super::test_support::topology(Wire::Mqtt, Wire::Mqtt, 1));
+        assert!(mqtt.contains(".listen('127.0.0.1:18080')\n  .connect('127.0.0.1:19090')\n"), "{mqtt}");
     }
 
     #[test]

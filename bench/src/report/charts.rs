@@ -34,10 +34,13 @@ pub enum ChartKind {
     Cpu,
     /// RSS at the end of a round and peak RSS per peer.
     Memory,
+    /// Resident memory per idle connection held.
+    PerConnection,
 }
 
 impl ChartKind {
-    pub const ALL: [ChartKind; 4] = [ChartKind::Throughput, ChartKind::Latency, ChartKind::Cpu, ChartKind::Memory];
+    pub const ALL: [ChartKind; 5] =
+        [ChartKind::Throughput, ChartKind::Latency, ChartKind::Cpu, ChartKind::Memory, ChartKind::PerConnection];
 
     /// The file name suffix: `<scenario>-<slug>.svg`.
     pub fn slug(self) -> &'static str {
@@ -46,6 +49,7 @@ impl ChartKind {
             ChartKind::Latency => "latency",
             ChartKind::Cpu => "cpu",
             ChartKind::Memory => "memory",
+            ChartKind::PerConnection => "per-connection",
         }
     }
 
@@ -55,6 +59,7 @@ impl ChartKind {
             ChartKind::Latency => "latency percentiles",
             ChartKind::Cpu => "CPU per request",
             ChartKind::Memory => "memory",
+            ChartKind::PerConnection => "memory per connection",
         }
     }
 }
@@ -71,6 +76,7 @@ fn peers_for(scenario: &ScenarioResult, kind: ChartKind) -> Vec<&PeerResult> {
         ChartKind::Latency => has_curve(p),
         ChartKind::Cpu => p.summary.cpu_us_per_request.is_some(),
         ChartKind::Memory => has_memory(p),
+        ChartKind::PerConnection => p.summary.bytes_per_connection.is_some(),
     };
     scenario.peers.iter().filter(wanted).collect()
 }
@@ -83,6 +89,7 @@ pub(super) fn render(scenario: &ScenarioResult, kind: ChartKind) -> io::Result<S
         ChartKind::Latency => latency(scenario, &peers),
         ChartKind::Cpu => cpu(scenario, &peers),
         ChartKind::Memory => memory(scenario, &peers),
+        ChartKind::PerConnection => per_connection(scenario, &peers),
     };
     drawn.map_err(|e| io::Error::other(format!("drawing the {} chart of {}: {e}", kind.slug(), scenario.name)))
 }
@@ -119,6 +126,15 @@ pub(super) fn peer_color(name: &str) -> RGBColor {
 fn light(color: RGBColor) -> RGBColor {
     let wash = |c: u8| (f64::from(c) * 0.4 + 255.0 * 0.6).round() as u8;
     RGBColor(wash(color.0), wash(color.1), wash(color.2))
+}
+
+/// What CPU time is counted per: a request, or a message (MQTT).
+fn per_what(scenario: &ScenarioResult) -> &'static str {
+    if scenario.unit == "msg/s" {
+        "message"
+    } else {
+        "request"
+    }
 }
 
 fn title(scenario: &ScenarioResult, what: &str) -> String {
@@ -159,6 +175,28 @@ fn throughput(scenario: &ScenarioResult, peers: &[&PeerResult]) -> DrawResult<St
     chart.draw()
 }
 
+fn per_connection(scenario: &ScenarioResult, peers: &[&PeerResult]) -> DrawResult<String> {
+    let bars = peers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let bytes = p.summary.bytes_per_connection?;
+            Some(Bar::single(i, p, bytes, format::amount(bytes.median)))
+        })
+        .collect();
+    let chart = BarChart {
+        title: title(scenario, "memory per idle connection"),
+        x_desc: rounds_note(peers),
+        y_desc: "resident memory added per connection, bytes".into(),
+        categories: peers.iter().map(|p| p.peer.as_str()).collect(),
+        bars,
+        offered: Vec::new(),
+        legend: peer_legend(peers, Swatch::Box),
+        y_tick: &format::compact,
+    };
+    chart.draw()
+}
+
 fn cpu(scenario: &ScenarioResult, peers: &[&PeerResult]) -> DrawResult<String> {
     let bars = peers
         .iter()
@@ -169,9 +207,9 @@ fn cpu(scenario: &ScenarioResult, peers: &[&PeerResult]) -> DrawResult<String> {
         })
         .collect();
     let chart = BarChart {
-        title: title(scenario, "CPU per request"),
+        title: title(scenario, &format!("CPU per {}", per_what(scenario))),
         x_desc: rounds_note(peers),
-        y_desc: "proxy CPU (user + system), µs per request".into(),
+        y_desc: format!("proxy CPU (user + system), µs per {}", per_what(scenario)),
         categories: peers.iter().map(|p| p.peer.as_str()).collect(),
         bars,
         offered: Vec::new(),

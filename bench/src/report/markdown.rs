@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::format::{self, cell};
-use super::{chart_path, charts, find, has_latency, has_memory, DIRECT, EDGEPLANE};
+use super::{chart_path, charts, find, has_latency, has_memory, ChartKind, DIRECT, EDGEPLANE};
 use crate::model::{PeerResult, Report, ScenarioResult, Spread};
 
 /// Below this share of the offered rate, an open-loop peer is flagged as having fallen behind.
@@ -160,6 +160,7 @@ struct Columns {
     latency: bool,
     cpu: bool,
     memory: bool,
+    per_connection: bool,
 }
 
 impl Columns {
@@ -172,6 +173,7 @@ impl Columns {
             latency: scenario.peers.iter().any(has_latency),
             cpu: scenario.peers.iter().any(|p| p.summary.cpu_us_per_request.is_some()),
             memory: scenario.peers.iter().any(has_memory),
+            per_connection: scenario.peers.iter().any(|p| p.summary.bytes_per_connection.is_some()),
         }
     }
 }
@@ -204,7 +206,13 @@ fn scenario_section(out: &mut String, scenario: &ScenarioResult) {
 
     let links: Vec<String> = charts::kinds(scenario)
         .into_iter()
-        .map(|kind| format!("[{}]({})", kind.link_text(), chart_path(&scenario.name, kind)))
+        .map(|kind| {
+            let text = match kind {
+                ChartKind::Cpu if scenario.unit == "msg/s" => "CPU per message",
+                _ => kind.link_text(),
+            };
+            format!("[{text}]({})", chart_path(&scenario.name, kind))
+        })
         .collect();
     if !links.is_empty() {
         let _ = writeln!(out, "Charts: {}\n", links.join(" · "));
@@ -228,10 +236,13 @@ fn table(out: &mut String, scenario: &ScenarioResult, columns: &Columns) {
         head.extend(["p50", "p99", "p99.9"].map(String::from));
     }
     if columns.cpu {
-        head.push("CPU µs/req".into());
+        head.push(format!("CPU µs/{}", unit.strip_suffix("/s").unwrap_or("req")));
     }
     if columns.memory {
         head.extend(["RSS", "peak RSS"].map(String::from));
+    }
+    if columns.per_connection {
+        head.push("RSS per connection".into());
     }
     head.push("errors".into());
 
@@ -277,6 +288,12 @@ fn row(peer: &PeerResult, columns: &Columns) -> Vec<String> {
         } else {
             row.extend(["—", "—"].map(String::from));
         }
+    }
+    if columns.per_connection {
+        row.push(
+            s.bytes_per_connection
+                .map_or("—".into(), |b| format!("{} B", format::amount_with_range(b.median, b.min, b.max))),
+        );
     }
     row.push(if s.errors == 0 { "0".into() } else { format!("**⚠ {}**", format::thousands(s.errors as f64)) });
     row
@@ -326,6 +343,13 @@ fn notes(out: &mut String, scenario: &ScenarioResult, columns: &Columns) {
         notes.push(
             "Open loop: the load generator sends at the offered rate instead of waiting for responses; \
              throughput below the offered rate means the peer could not keep up."
+                .into(),
+        );
+    }
+    if columns.per_connection {
+        notes.push(
+            "RSS per connection: resident memory with the connections open, less the process's own when it \
+             had just started, divided by the connections held."
                 .into(),
         );
     }

@@ -5,8 +5,9 @@
 //! <dir>/report.md                         tables per scenario, skipped peers, chart links
 //! <dir>/charts/<scenario>-throughput.svg  median bars with min–max whiskers
 //! <dir>/charts/<scenario>-latency.svg     percentile curves (absent without latency data)
-//! <dir>/charts/<scenario>-cpu.svg         CPU µs per request (absent without CPU data)
+//! <dir>/charts/<scenario>-cpu.svg         CPU µs per request or message (absent without CPU data)
 //! <dir>/charts/<scenario>-memory.svg      RSS and peak RSS (absent without memory data)
+//! <dir>/charts/<scenario>-per-connection.svg  RSS per idle connection (idle scenarios only)
 //! ```
 
 mod charts;

@@ -35,6 +35,7 @@ fn round(throughput: f64, p50: u64, cpu: Option<f64>, rss_kib: u64) -> Round {
         // No proxy process (direct): no memory either.
         peak_rss_kib: if rss_kib == 0 { 0 } else { rss_kib + 1024 },
         reloads: None,
+        bytes_per_connection: None,
     }
 }
 
@@ -51,6 +52,7 @@ fn bulk_round(mb_per_sec: f64, rss_kib: u64) -> Round {
         rss_kib,
         peak_rss_kib: rss_kib * 2,
         reloads: None,
+        bytes_per_connection: None,
     }
 }
 
@@ -349,7 +351,7 @@ fn charts_are_written_for_data_only() {
             assert!(text.contains(&scenario.name), "{}: no title", path.display());
             let shown = scenario.peers.iter().filter(|p| match kind {
                 ChartKind::Throughput | ChartKind::Latency => true,
-                ChartKind::Cpu | ChartKind::Memory => p.peer != DIRECT,
+                ChartKind::Cpu | ChartKind::Memory | ChartKind::PerConnection => p.peer != DIRECT,
             });
             for peer in shown {
                 assert!(text.lines().any(|l| l == peer.peer), "{}: no {}", path.display(), peer.peer);
@@ -398,4 +400,70 @@ fn scenario_names_become_safe_file_names() {
     assert_eq!(file_stem("h2 / 16 streams"), "h2---16-streams");
     assert_eq!(file_stem(".."), "scenario");
     assert_eq!(chart_path("a b", ChartKind::Cpu), "charts/a-b-cpu.svg");
+}
+
+/// MQTT figures: messages per second with CPU per message, and memory per
+/// idle connection (the direct row being the broker's own).
+fn mqtt_sample() -> Report {
+    let msg = |throughput: f64, cpu: Option<f64>, rss: u64| round(throughput, 200, cpu, rss);
+    let qos0 = ScenarioResult {
+        name: "mqtt-qos0".into(),
+        description: "MQTT QoS 0".into(),
+        unit: "msg/s".into(),
+        peers: vec![
+            peer("direct", None, vec![msg(80_000.0, None, 0), msg(82_000.0, None, 0)]),
+            peer("edgeplane", Some("0.1.0"), vec![msg(76_000.0, Some(9.0), 9_000), msg(78_000.0, Some(9.5), 9_000)]),
+        ],
+        skipped: vec![],
+    };
+    let idle_round = |rss_kib: u64, bytes: f64| Round {
+        bytes_per_connection: Some(bytes),
+        latency: Latency::default(),
+        cpu_us_per_request: None,
+        ..round(10_000.0, 0, None, rss_kib)
+    };
+    let idle = ScenarioResult {
+        name: "mqtt-idle".into(),
+        description: "idle MQTT connections".into(),
+        unit: "connections".into(),
+        peers: vec![
+            peer("direct", None, vec![idle_round(30_000, 2_900.0), idle_round(30_100, 2_950.0)]),
+            peer("edgeplane", Some("0.1.0"), vec![idle_round(40_000, 3_300.0), idle_round(40_000, 3_300.0)]),
+        ],
+        skipped: vec![skipped("nginx", "not installed")],
+    };
+    Report { scenarios: vec![qos0, idle], ..sample() }
+}
+
+#[test]
+fn mqtt_figures_in_tables_json_and_charts() {
+    let report = mqtt_sample();
+    let md = markdown(&report);
+    let header = md.lines().find(|l| l.starts_with("| peer | msg/s")).expect("msg/s header");
+    assert!(header.contains("CPU µs/msg"), "{header}");
+    assert!(!header.contains("per connection"), "{header}");
+    let edgeplane = cells(table_row(&md, "mqtt-qos0", "edgeplane"));
+    assert_eq!(edgeplane[2], "0.95×", "vs direct");
+
+    let header = md.lines().find(|l| l.starts_with("| peer | connections")).expect("idle header");
+    assert!(header.contains("RSS per connection"), "{header}");
+    assert_eq!(cells(table_row(&md, "mqtt-idle", "edgeplane")).iter().rev().nth(1).copied(), Some("3,300 B"));
+    let direct = cells(table_row(&md, "mqtt-idle", "direct"));
+    assert_eq!(direct.iter().rev().nth(1).copied(), Some("2,925 (2,900–2,950) B"));
+    assert!(md.contains("RSS per connection: resident memory with the connections open"), "{md}");
+    assert!(md.contains("[CPU per message](charts/mqtt-qos0-cpu.svg)"), "{md}");
+
+    let dir = tempfile::tempdir().unwrap();
+    write(&report, dir.path()).unwrap();
+    assert_eq!(read(dir.path()).unwrap(), report);
+    let charts = dir.path().join(CHARTS_DIR);
+    let per_connection = svg_text(&charts.join("mqtt-idle-per-connection.svg"));
+    assert!(per_connection.contains("per connection, bytes"), "{per_connection}");
+    assert!(per_connection.lines().any(|l| l == "edgeplane") && per_connection.lines().any(|l| l == "direct"));
+    assert!(svg_text(&charts.join("mqtt-qos0-cpu.svg")).contains("µs per message"));
+    assert!(!charts.join("mqtt-qos0-per-connection.svg").exists());
+    // The field is written where there is a figure, and left out elsewhere.
+    let json = fs::read_to_string(dir.path().join(RESULTS_JSON)).unwrap();
+    assert!(json.contains("\"bytes_per_connection\""));
+    assert!(!serde_json::to_string(&sample()).unwrap().contains("bytes_per_connection"));
 }
