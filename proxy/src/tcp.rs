@@ -6,22 +6,23 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::access_log::{millis, TcpRecord};
 use crate::balance::PickInput;
+use crate::io::{read_when_ready, ReadSize, WaitReadable};
 use crate::policy::outlier::TryOutcome;
 use crate::policy::throttle::BandwidthLimits;
 use crate::route::{InFlight, ListenerTable, RouteTable};
 use crate::state::Shared;
 use crate::upstream;
 
-/// Relay buffer per direction: it starts small (most relayed connections
+/// Read size per direction: it starts small (most relayed connections
 /// are interactive) and doubles each time a read fills it, up to the
 /// maximum, so a bulk transfer soon moves large chunks per syscall.
-const FIRST_BUFFER: usize = 8 * 1024;
+const FIRST_BUFFER: usize = 2 * 1024;
 const MAX_BUFFER: usize = 256 * 1024;
 
 /// Relays a client connection to the listener's TCP route. `prefix` holds
@@ -121,7 +122,8 @@ pub async fn relay(
 }
 
 /// Copies until EOF, then half-closes the writer so the peer sees the end of
-/// this direction while the other direction keeps flowing.
+/// this direction while the other direction keeps flowing. Between bursts
+/// the direction holds no buffer (`read_when_ready`).
 async fn pipe<R, W>(
     reader: &mut R,
     writer: &mut W,
@@ -130,21 +132,19 @@ async fn pipe<R, W>(
     activity: &Activity,
 ) -> std::io::Result<()>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + WaitReadable + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; FIRST_BUFFER];
+    let mut buffer = BytesMut::new();
+    let mut size = ReadSize::new(FIRST_BUFFER, MAX_BUFFER);
     loop {
-        let n = reader.read(&mut buffer).await?;
-        if n == buffer.len() && buffer.len() < MAX_BUFFER {
-            let grown = buffer.len() * 2;
-            buffer.resize(grown, 0);
-        }
+        let n = read_when_ready(reader, &mut buffer, &mut size).await?;
         if n == 0 {
             writer.shutdown().await?;
             return Ok(());
         }
-        writer.write_all(&buffer[..n]).await?;
+        writer.write_all(&buffer).await?;
+        buffer.clear();
         total.fetch_add(n as u64, Ordering::Relaxed);
         counter.inc_by(n as u64);
         activity.touch();

@@ -251,7 +251,7 @@ impl BrokerGuard {
         W: AsyncWrite + Unpin,
     {
         let mut buf = BytesMut::new();
-        let mut read_size = super::ReadSize::new();
+        let mut read_size = super::new_read_size();
         // Body bytes of a passing packet still to come; only between
         // packets may the proxy write its own.
         let mut streaming = 0usize;
@@ -259,7 +259,7 @@ impl BrokerGuard {
         let mut client_side_open = true;
         loop {
             tokio::select! {
-                read = super::read_when_ready(broker, &mut buf, &mut read_size) => {
+                read = crate::io::read_when_ready(broker, &mut buf, &mut read_size) => {
                     if read? == 0 {
                         return Ok(());
                     }

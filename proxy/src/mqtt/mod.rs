@@ -35,6 +35,7 @@ use self::metrics::MqttMetrics;
 use self::scan::PacketScanner;
 use crate::access_log::{millis, MqttRecord};
 use crate::balance::PickInput;
+use crate::io::{read_when_ready, ReadSize};
 use crate::policy::outlier::TryOutcome;
 use crate::route::{InFlight, ListenerTable, RouteTable};
 use crate::state::Shared;
@@ -45,6 +46,13 @@ use crate::upstream;
 const CONNECT_TRIES: usize = 3;
 /// Read size while a CONNECT is awaited (most are under 200 bytes).
 const CONNECT_READ: usize = 512;
+/// Reads start at this size and grow while they fill up.
+const MIN_READ: usize = 512;
+const MAX_READ: usize = 64 * 1024;
+
+pub(crate) fn new_read_size() -> ReadSize {
+    ReadSize::new(MIN_READ, MAX_READ)
+}
 
 /// How a relayed MQTT connection ended, for the log.
 #[derive(Debug, thiserror::Error)]
@@ -340,7 +348,7 @@ async fn client_to_broker<W>(
 where
     W: AsyncWrite + Unpin,
 {
-    let mut read_size = ReadSize::new();
+    let mut read_size = new_read_size();
     let mut checked = match packet_len(buf, max_packet_size) {
         Ok(Some(len)) => {
             tally.packets_in += 1;
@@ -418,57 +426,6 @@ where
     }
 }
 
-/// How much one read asks for: little for the small packets most MQTT
-/// traffic is made of, doubling while reads fill what they were offered
-/// (bulk publishes), halving again when they use a fraction of it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ReadSize(usize);
-
-impl ReadSize {
-    const MIN: usize = 512;
-    const MAX: usize = 64 * 1024;
-
-    pub(crate) fn new() -> Self {
-        ReadSize(Self::MIN)
-    }
-
-    fn after(&mut self, read: usize, offered: usize) {
-        if read >= offered && self.0 < Self::MAX {
-            self.0 *= 2;
-        } else if read < self.0 / 4 && self.0 > Self::MIN {
-            self.0 /= 2;
-        }
-    }
-}
-
-/// Waits until `stream` has bytes, then reads them into `buf`. An empty
-/// `buf` is released first and allocated only once bytes are there, and
-/// reads start small: an idle connection holds no read buffers, and no
-/// large short-lived ones fragment the heap between long-lived state (a few
-/// KiB per connection matter with 10,000 idle sensors on a small box).
-pub(crate) async fn read_when_ready(
-    stream: &ReadHalf<'_>,
-    buf: &mut BytesMut,
-    size: &mut ReadSize,
-) -> std::io::Result<usize> {
-    if buf.is_empty() {
-        *buf = BytesMut::new();
-    }
-    loop {
-        stream.readable().await?;
-        buf.reserve(size.0);
-        let offered = buf.capacity() - buf.len();
-        match stream.try_read_buf(buf) {
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Ok(read) => {
-                size.after(read, offered);
-                return Ok(read);
-            }
-            Err(error) => return Err(error),
-        }
-    }
-}
-
 /// Copies the broker's bytes to the client as they come, counting packets
 /// as their headers go by.
 async fn broker_to_client<W>(
@@ -482,7 +439,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buffer = BytesMut::new();
-    let mut read_size = ReadSize::new();
+    let mut read_size = new_read_size();
     let mut scanner = Some(PacketScanner::default());
     loop {
         buffer.clear();
@@ -507,26 +464,5 @@ where
             }
             Err(error) => return Ended::Io(error),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ReadSize;
-
-    #[test]
-    fn read_size_follows_the_traffic() {
-        let mut size = ReadSize::new();
-        // Full reads: bulk traffic, up to the maximum.
-        for _ in 0..20 {
-            let offered = size.0;
-            size.after(offered, offered);
-        }
-        assert_eq!(size.0, ReadSize::MAX);
-        // Small reads (PINGREQ, small publishes): back down to the minimum.
-        for _ in 0..20 {
-            size.after(2, size.0);
-        }
-        assert_eq!(size.0, ReadSize::MIN);
     }
 }
