@@ -777,7 +777,10 @@ listeners:
   - name: mqtt
     bind: 127.0.0.1:0
     protocol: mqtt
-    mqtt: {{ client_ids: {{ deny: [ {{ prefix: "banned-" }} ] }} }}
+    mqtt:
+      client_ids: {{ deny: [ {{ prefix: "banned-" }} ] }}
+      # An ACL puts the broker's side through the ACL relay; it counts too.
+      acl: {{ rules: [ {{ permission: deny, topics: ["secret/#"] }} ] }}
     routes: [ {{ cluster: broker }} ]
 clusters:
 {}"#,

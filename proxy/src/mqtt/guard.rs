@@ -230,9 +230,11 @@ impl BrokerGuard {
         &mut self,
         client: &mut W,
         metrics: &MqttMetrics,
+        packets: &mut u64,
     ) -> std::io::Result<()> {
         while let Some(packet) = self.deferred.pop_front() {
             metrics.packet_out(packet[0]);
+            *packets += 1;
             client.write_all(&packet).await?;
         }
         Ok(())
@@ -245,6 +247,7 @@ impl BrokerGuard {
         broker: &mut ReadHalf<'_>,
         client: &mut W,
         metrics: &MqttMetrics,
+        packets: &mut u64,
         forwarded: &mut u64,
     ) -> Result<(), std::io::Error>
     where
@@ -297,6 +300,7 @@ impl BrokerGuard {
                 } && len <= MAX_REWRITTEN;
                 if !rewrite {
                     metrics.packet_out(buf[pos]);
+                    *packets += 1;
                     let here = len.min(buf.len() - pos);
                     pos += here;
                     streaming = len - here;
@@ -306,6 +310,7 @@ impl BrokerGuard {
                     break;
                 }
                 metrics.packet_out(buf[pos]);
+                *packets += 1;
                 if kind == kind::CONNACK {
                     if let Some(cap) = self.alias_cap.take() {
                         if self.v5 {
@@ -344,7 +349,7 @@ impl BrokerGuard {
                 buf.advance(pos);
             }
             if streaming == 0 && framed {
-                self.flush_deferred(client, metrics).await?;
+                self.flush_deferred(client, metrics, packets).await?;
             }
         }
     }

@@ -232,7 +232,8 @@ pub async fn serve(
                     // Boxed: inline, every connection's task would carry the
                     // guarded relay's state, ACL or not.
                     Some(guard) => {
-                        let relay = guard.relay(&mut broker_read, &mut client_write, mqtt_metrics, &mut bytes_tx);
+                        let (packets, bytes) = (&mut packets_out, &mut bytes_tx);
+                        let relay = guard.relay(&mut broker_read, &mut client_write, mqtt_metrics, packets, bytes);
                         match Box::pin(relay).await {
                             Ok(()) => Ended::BrokerClosed,
                             Err(error) => Ended::Io(error),
