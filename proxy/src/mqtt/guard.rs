@@ -312,10 +312,9 @@ impl BrokerGuard {
                 metrics.packet_out(buf[pos]);
                 *packets += 1;
                 if kind == kind::CONNACK {
+                    // Only set for MQTT 5, the only version with aliases.
                     if let Some(cap) = self.alias_cap.take() {
-                        if self.v5 {
-                            let _ = packet::cap_topic_alias_maximum(&mut buf[pos..pos + len], cap);
-                        }
+                        let _ = packet::cap_topic_alias_maximum(&mut buf[pos..pos + len], cap);
                     }
                     pos += len;
                     continue;
