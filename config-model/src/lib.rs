@@ -15,18 +15,22 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod jwt;
 mod model;
 mod mqtt;
 mod policy;
 mod string_or;
+mod tls;
 mod validate;
 mod values;
 
 use std::path::Path;
 
+pub use jwt::*;
 pub use model::*;
 pub use mqtt::*;
 pub use policy::*;
+pub use tls::*;
 pub use validate::{validate, ValidationError, MAX_WEIGHT};
 pub use values::{parse_duration, BindAddress, ByteRate, Duration, ParsedUpstream, UpstreamAddress};
 

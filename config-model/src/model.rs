@@ -12,8 +12,10 @@ use std::time::Duration as StdDuration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::jwt::JwtAuth;
 use crate::mqtt::MqttOptions;
 use crate::policy::*;
+use crate::tls::{AccessControl, ClusterTls, Identity, ListenerTls};
 use crate::values::{BindAddress, Duration, UpstreamAddress};
 
 /// The whole edgeplane configuration.
@@ -40,6 +42,10 @@ pub struct Config {
     /// Where traffic goes: named groups of upstream endpoints.
     #[serde(default)]
     pub clusters: Vec<Cluster>,
+    /// This proxy's mesh identity (sidecar mTLS); see `tls.mesh` on
+    /// listeners and clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
 }
 
 /// The admin server.
@@ -120,6 +126,13 @@ pub struct Listener {
     /// Bandwidth limits of client connections (bytes per second).
     #[serde(default, skip_serializing_if = "Bandwidth::is_unlimited")]
     pub bandwidth: Bandwidth,
+    /// TLS termination or passthrough; plaintext when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// Who may connect, by verified peer identity; everyone when absent.
+    /// A route's own `access` replaces this for its requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessControl>,
 }
 
 /// Protocol handling for a listener.
@@ -251,6 +264,13 @@ pub struct Route {
     /// Rate limit of the requests this route takes. HTTP only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Verify a JSON Web Token on every request of this route; failures get `401`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
+    /// Who may use this route, by verified peer identity (replaces the
+    /// listener's `access`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessControl>,
 }
 
 /// Request match criteria. All that are given must hold.
@@ -278,6 +298,11 @@ pub struct RouteMatch {
     /// CONNECT without one does not match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<PathMatch>,
+    /// TLS server name (SNI) the client asked for: exact, or `*.example.com`
+    /// for one label. Used by `passthrough` listeners to route TLS connections
+    /// they do not decrypt, and by terminating listeners for every protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
 }
 
 impl RouteMatch {
@@ -441,6 +466,10 @@ pub struct Cluster {
     /// Rate limit of all requests to the cluster (the service), over all routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// TLS to the endpoints (origination, or sidecar mTLS with `mesh`);
+    /// plaintext when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
 }
 
 /// An upstream endpoint: `"ADDRESS"` or `{ address, weight }`.

@@ -386,3 +386,154 @@ clusters:
     }
     assert!(!found.iter().any(|error| error.contains("topics[3]")), "a valid filter was refused: {found:#?}");
 }
+
+const JWT: &str = r#"
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    routes:
+      - cluster: api
+        jwt:
+          issuer: https://issuer.example
+          audiences: [api, web]
+          algorithms: [RS256, ES256]
+          keys: { jwks_file: /etc/edgeplane/jwks.json }
+          from: [ { header: authorization, prefix: "Bearer " }, { cookie: access_token } ]
+          clock_skew: 30s
+          require_expiry: false
+          forward_claims: { sub: x-jwt-sub, email: x-jwt-email }
+          forward_token: false
+      - cluster: api
+        jwt: { keys: { jwks: '{"keys": []}' } }
+clusters:
+  - name: api
+    endpoints: [ 127.0.0.1:9001 ]
+"#;
+
+#[test]
+fn jwt_verification_validates() {
+    let config = from_yaml_str(JWT).expect("parses");
+    assert_eq!(errors(&config), Vec::<String>::new());
+    let jwt = config.listeners[0].routes[0].jwt.as_ref().unwrap();
+    assert_eq!(jwt.algorithms, [config_model::JwtAlgorithm::RS256, config_model::JwtAlgorithm::ES256]);
+    assert_eq!(jwt.from[1].cookie.as_deref(), Some("access_token"));
+    assert_eq!(jwt.forward_claims["sub"], "x-jwt-sub");
+    assert!(!jwt.forward_token && !jwt.require_expiry);
+
+    // Defaults.
+    let jwt = config.listeners[0].routes[1].jwt.as_ref().unwrap();
+    assert_eq!(
+        jwt.algorithms,
+        [config_model::JwtAlgorithm::HS256, config_model::JwtAlgorithm::RS256, config_model::JwtAlgorithm::ES256]
+    );
+    assert_eq!(jwt.from.len(), 1);
+    assert_eq!(jwt.from[0].header.as_deref(), Some("authorization"));
+    assert_eq!(jwt.from[0].prefix.as_deref(), Some("Bearer "));
+    assert_eq!(jwt.clock_skew.as_str(), "60s");
+    assert!(jwt.require_expiry && jwt.forward_token);
+    assert!(jwt.issuer.is_none() && jwt.audiences.is_empty() && jwt.forward_claims.is_empty());
+
+    // JSON round trip.
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(from_json_str(&json).unwrap(), config);
+}
+
+#[test]
+fn jwt_errors_name_their_paths() {
+    let bad = r#"
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    routes:
+      - cluster: api
+        jwt:
+          issuer: ""
+          audiences: [ "" ]
+          algorithms: []
+          keys: { jwks_file: /a.json, jwks: '{"keys": []}' }
+          from:
+            - { header: "bad header", prefix: "Bearer " }
+            - { cookie: "bad cookie" }
+            - { header: x-token, cookie: token }
+            - { }
+            - { cookie: token, prefix: "x" }
+            - { header: x-token, prefix: "Bearer\n" }
+          clock_skew: 11m
+          forward_claims: { "": x-empty, sub: "bad header", email: connection, a: x-same, b: X-Same }
+      - cluster: api
+        jwt: { keys: {} }
+      - cluster: api
+        jwt: { keys: { jwks: 'not json' }, from: [], clock_skew: soon }
+      - cluster: api
+        jwt: { keys: { jwks: '{"keys": {}}' } }
+      - cluster: api
+        jwt: { keys: { jwks_file: "" } }
+  - name: db
+    bind: 127.0.0.1:3306
+    protocol: tcp
+    routes: [ { cluster: api, jwt: { keys: { jwks_file: /a.json } } } ]
+clusters:
+  - name: api
+    endpoints: [ 127.0.0.1:9001 ]
+"#;
+    let found = errors(&from_yaml_str(bad).expect("parses"));
+    let expected = [
+        "listeners[0].routes[0].jwt.issuer: must not be empty",
+        "listeners[0].routes[0].jwt.audiences[0]: must not be empty",
+        "listeners[0].routes[0].jwt.algorithms: must list at least one algorithm",
+        "listeners[0].routes[0].jwt.keys: give exactly one of jwks_file, jwks",
+        "listeners[0].routes[0].jwt.from[0].header: invalid header name \"bad header\"",
+        "listeners[0].routes[0].jwt.from[1].cookie: invalid cookie name \"bad cookie\"",
+        "listeners[0].routes[0].jwt.from[2]: give exactly one of header, cookie",
+        "listeners[0].routes[0].jwt.from[3]: give exactly one of header, cookie",
+        "listeners[0].routes[0].jwt.from[4].prefix: only used with header",
+        "listeners[0].routes[0].jwt.from[5].prefix: invalid prefix",
+        "listeners[0].routes[0].jwt.clock_skew: must be at most 10m",
+        "listeners[0].routes[0].jwt.forward_claims.: claim name must not be empty",
+        "listeners[0].routes[0].jwt.forward_claims.sub: invalid header name \"bad header\"",
+        "listeners[0].routes[0].jwt.forward_claims.email: \"connection\" is managed by the proxy",
+        "listeners[0].routes[0].jwt.forward_claims.b: header \"X-Same\" is also set from claim \"a\"",
+        "listeners[0].routes[1].jwt.keys: give exactly one of jwks_file, jwks",
+        "listeners[0].routes[2].jwt.keys.jwks: invalid JSON",
+        "listeners[0].routes[2].jwt.from: must list at least one token source",
+        "listeners[0].routes[2].jwt.clock_skew: invalid duration \"soon\"",
+        "listeners[0].routes[3].jwt.keys.jwks: must be a JSON Web Key Set",
+        "listeners[0].routes[4].jwt.keys.jwks_file: must not be empty",
+        "listeners[1].routes[0].jwt: JWT verification needs HTTP, not a tcp listener",
+    ];
+    for want in expected {
+        assert!(found.iter().any(|error| error.starts_with(want)), "missing {want:?} in {found:#?}");
+    }
+    assert_eq!(found.len(), expected.len(), "unexpected extra errors: {found:#?}");
+}
+
+#[test]
+fn jwt_parse_errors_name_their_paths() {
+    let text = r#"
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    routes: [ { cluster: api, jwt: { keys: { jwks_file: /a.json }, algorithms: [ none ] } } ]
+"#;
+    let error = from_yaml_str(text).unwrap_err().to_string();
+    assert!(error.starts_with("listeners[0].routes[0].jwt.algorithms[0]: "), "{error}");
+
+    let text = r#"
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    routes: [ { cluster: api, jwt: { keys: { jwks_url: "https://x" } } } ]
+"#;
+    let error = from_yaml_str(text).unwrap_err().to_string();
+    assert!(error.starts_with("listeners[0].routes[0].jwt.keys"), "{error}");
+    assert!(error.contains("jwks_url"), "{error}");
+
+    let text = r#"
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    routes: [ { cluster: api, jwt: { issuer: x } } ]
+"#;
+    let error = from_yaml_str(text).unwrap_err().to_string();
+    assert!(error.contains("keys"), "{error}");
+}

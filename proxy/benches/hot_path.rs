@@ -184,7 +184,7 @@ fn route_match(c: &mut Criterion) {
         ];
         for (case, buf, expected) in cases {
             let head = parsed(&buf);
-            let view = RequestHeadView { head: &head, buf: &buf };
+            let view = RequestHeadView { head: &head, buf: &buf, sni: None };
             let hit = listener.route_for(&view).map(|route| &*route.name);
             assert_eq!(hit, Some(expected.as_str()), "{case} request with {routes} routes");
             group.bench_function(BenchmarkId::new(routes.to_string(), case), |b| {
@@ -336,7 +336,7 @@ fn header_rewrite(c: &mut Criterion) {
     let mut head = parsed(buf);
     // The connection reuses its output buffer from request to request.
     let mut out = Vec::with_capacity(2048);
-    head.write_upstream(buf, &mut out, &settings, &edits, client, endpoint);
+    head.write_upstream(buf, &mut out, &settings, &edits, client, "http", endpoint);
     let written = std::str::from_utf8(&out).unwrap();
     assert!(written.contains("x-forwarded-for: 203.0.113.7, 198.51.100.23\r\n"), "{written}");
     assert!(!written.contains("X-Debug-Trace") && !written.contains("Connection:"), "{written}");
@@ -348,7 +348,7 @@ fn header_rewrite(c: &mut Criterion) {
     group.bench_function("write_upstream", |b| {
         b.iter(|| {
             out.clear();
-            head.write_upstream(black_box(buf), &mut out, &settings, &edits, client, endpoint);
+            head.write_upstream(black_box(buf), &mut out, &settings, &edits, client, "http", endpoint);
             out.len()
         })
     });
@@ -356,7 +356,7 @@ fn header_rewrite(c: &mut Criterion) {
         b.iter(|| {
             head.parse(black_box(buf), settings.max_headers, settings.max_header_bytes).unwrap();
             out.clear();
-            head.write_upstream(buf, &mut out, &settings, &edits, client, endpoint);
+            head.write_upstream(buf, &mut out, &settings, &edits, client, "http", endpoint);
             out.len()
         })
     });

@@ -95,12 +95,34 @@ fn respond(
             json_response(&*table.config)
         }
         "/clusters" => json_response(&clusters(shared)),
+        "/certs" => json_response(&certs(shared)),
         "/" => text(
             StatusCode::OK,
-            "GET  /ready /live /metrics /config /clusters\nPOST /drain /quitquitquit /reload (loopback only)\n",
+            "GET  /ready /live /metrics /config /clusters /certs\nPOST /drain /quitquitquit /reload (loopback only)\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Every certificate in use: where, its names and how long it has left.
+fn certs(shared: &Shared) -> serde_json::Value {
+    let now = crate::tls::certs::unix_now();
+    let certificates: Vec<_> = crate::tls::watch::certificates(shared)
+        .into_iter()
+        .map(|info| {
+            serde_json::json!({
+                "used_by": info.used_by,
+                "source": info.source,
+                "subject": info.subject,
+                "names": info.names,
+                "serial": info.serial,
+                "not_before": crate::tls::certs::rfc3339(info.not_before),
+                "not_after": crate::tls::certs::rfc3339(info.not_after),
+                "seconds_left": info.seconds_left(now),
+            })
+        })
+        .collect();
+    serde_json::json!({ "certificates": certificates })
 }
 
 fn clusters(shared: &Shared) -> serde_json::Value {

@@ -229,6 +229,7 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
         let _context = runtime.enter();
         let admin_listener = tokio::net::TcpListener::from_std(admin_socket)?;
         runtime.spawn(admin::serve(admin_listener, shared.clone(), control.clone()));
+        runtime.spawn(crate::tls::watch::run(shared.clone()));
         if options.handle_signals {
             spawn_signal_handlers(control.clone())?;
         }

@@ -10,8 +10,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -32,7 +31,11 @@ pub enum Detected {
 }
 
 /// Reads from `stream` into `buffer` until the protocol is known.
-pub async fn detect(stream: &mut TcpStream, buffer: &mut BytesMut, timeout: Duration) -> io::Result<Detected> {
+pub async fn detect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut BytesMut,
+    timeout: Duration,
+) -> io::Result<Detected> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if buffer.capacity() - buffer.len() < 512 {

@@ -29,6 +29,8 @@ pub enum ConnectError {
     Io(io::ErrorKind),
     #[error("HTTP/2 handshake failed: {0}")]
     Handshake(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// A cluster limit refused the attempt before it was made.
     #[error("cluster {} reached", .0.as_str())]
     Overloaded(Overload),
@@ -50,6 +52,7 @@ impl ConnectError {
             ConnectError::Refused => "refused",
             ConnectError::Io(_) => "error",
             ConnectError::Handshake(_) => "handshake",
+            ConnectError::Tls(_) => "tls",
             ConnectError::Overloaded(_) => "overloaded",
         }
     }
@@ -86,6 +89,9 @@ pub enum ProxyError {
     Degraded(Arc<BreakerPolicy>),
     #[error("rate limited")]
     RateLimited(Arc<RequestLimiter>, Duration),
+    /// Access control refused the peer's identity (or its lack of one).
+    #[error("access denied")]
+    Forbidden,
 }
 
 /// A response made by the proxy itself.
@@ -161,6 +167,7 @@ impl ProxyError {
             ProxyError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request timeout\n", "request_timeout", true),
             ProxyError::ListenerGone => (StatusCode::SERVICE_UNAVAILABLE, "listener removed\n", "listener_gone", true),
             ProxyError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "not supported\n", "unsupported", false),
+            ProxyError::Forbidden => (StatusCode::FORBIDDEN, "access denied\n", "forbidden", false),
             ProxyError::RefusedStream => {
                 (StatusCode::SERVICE_UNAVAILABLE, "upstream refused the stream\n", "upstream_error", false)
             }

@@ -13,11 +13,11 @@ use bytes::{Buf, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::tcp::ReadHalf;
-use tokio::net::TcpStream;
 
 use crate::policy::bandwidth::Throttled;
 
 use crate::route::EndpointState;
+use crate::stream::UpstreamIo;
 
 /// `AsyncWrite` for a wrapper whose writes go straight to its `inner` stream
 /// (vectored writes included: hyper relies on them).
@@ -81,14 +81,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<S> {
 /// An upstream TCP connection, counted as open (per endpoint and in its
 /// cluster's `upstream_connections_active` gauge) until it is dropped.
 pub struct UpstreamStream {
-    inner: TcpStream,
+    inner: UpstreamIo,
     endpoint: Arc<EndpointState>,
     /// Requests started on this connection (for `max_requests_per_connection`).
     served: u32,
 }
 
 impl UpstreamStream {
-    pub fn new(inner: TcpStream, endpoint: Arc<EndpointState>) -> Self {
+    pub fn new(inner: UpstreamIo, endpoint: Arc<EndpointState>) -> Self {
         endpoint.connections.fetch_add(1, Ordering::Relaxed);
         endpoint.cluster_state.connections.fetch_add(1, Ordering::Relaxed);
         endpoint.metrics.connections_active.inc();
@@ -96,7 +96,7 @@ impl UpstreamStream {
         UpstreamStream { inner, endpoint, served: 0 }
     }
 
-    pub fn tcp_mut(&mut self) -> &mut TcpStream {
+    pub fn io_mut(&mut self) -> &mut UpstreamIo {
         &mut self.inner
     }
 

@@ -25,7 +25,9 @@ pub mod policy;
 pub mod pool;
 pub mod route;
 pub mod state;
+pub mod stream;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 

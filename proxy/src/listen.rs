@@ -19,8 +19,12 @@ use crate::http::server::{serve_http1, serve_http2};
 use crate::io::{Metered, PrefixedIo};
 use crate::mqtt;
 use crate::policy::throttle::BandwidthLimits;
+use crate::route::{ListenerTable, RouteTable};
 use crate::state::Shared;
+use crate::stream::ClientStream;
 use crate::tcp;
+use crate::tls::server::ServerTls;
+use crate::tls::{ConnTls, PeerIdentity};
 
 /// Pending-connection queue length (the kernel caps it at `somaxconn`).
 const BACKLOG: i32 = 4096;
@@ -74,7 +78,7 @@ pub async fn accept_loop(listener: TcpListener, slot: usize, shared: Arc<Shared>
 /// Each protocol's serving future is boxed: inline, the task of every
 /// connection would be as large as the largest of them (hyper's), and an
 /// idle MQTT or TCP connection would pay for HTTP state it never uses.
-async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usize, shared: Arc<Shared>) {
+async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, shared: Arc<Shared>) {
     let _connection = shared.connections.open();
     let table = shared.table.load_full();
     let Some(listener) = table.listener(slot).cloned() else { return };
@@ -90,11 +94,36 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
         listener.metrics.active.dec();
     });
 
+    if listener.passthrough {
+        Box::pin(passthrough(stream, client, &shared, &table, &listener)).await;
+        return;
+    }
+    let mut conn_tls = ConnTls::default();
+    let mut negotiated = None;
+    let mut stream = match &listener.tls {
+        None => ClientStream::Plain(stream),
+        Some(tls) => match accept_tls(stream, client, tls, &listener).await {
+            Some(Accepted::Tls(tls_stream)) => {
+                let session = tls_stream.get_ref().1;
+                conn_tls.terminated = true;
+                conn_tls.sni = session.server_name().map(Box::from);
+                conn_tls.peer =
+                    session.peer_certificates().and_then(|chain| chain.first()).and_then(PeerIdentity::from_der);
+                negotiated = session.alpn_protocol().map(|alpn| alpn.to_vec());
+                ClientStream::Tls(tls_stream)
+            }
+            Some(Accepted::Plain(tcp)) => ClientStream::Plain(tcp),
+            None => return,
+        },
+    };
+
     let mut buffer = BytesMut::new();
-    let detected = match listener.protocol {
-        ListenerProtocol::Tcp => Detected::Tcp,
-        ListenerProtocol::Mqtt => Detected::Mqtt,
-        ListenerProtocol::Auto | ListenerProtocol::Http => {
+    let detected = match (listener.protocol, negotiated.as_deref()) {
+        (ListenerProtocol::Tcp, _) => Detected::Tcp,
+        (ListenerProtocol::Mqtt, _) => Detected::Mqtt,
+        (_, Some(b"h2")) => Detected::Http2,
+        (_, Some(b"http/1.1")) => Detected::Http1,
+        (ListenerProtocol::Auto | ListenerProtocol::Http, _) => {
             buffer = crate::buffers::bytes();
             buffer.reserve(4096);
             match detect(&mut stream, &mut buffer, listener.detect_timeout).await {
@@ -106,7 +135,9 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
             }
         }
     };
-    let context = |downstream| Arc::new(ConnContext { shared: shared.clone(), slot, client, downstream });
+    let conn_tls = Arc::new(conn_tls);
+    let context =
+        |downstream| Arc::new(ConnContext { shared: shared.clone(), slot, client, downstream, tls: conn_tls.clone() });
     match detected {
         Detected::Closed => {}
         Detected::Http1 if listener.bandwidth.is_some() => {
@@ -120,7 +151,7 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
         }
         Detected::Http1 => {
             listener.metrics.accepted_http1.inc();
-            Box::pin(h1::serve(stream, buffer, shared.clone(), slot, client)).await;
+            Box::pin(h1::serve(stream, buffer, shared.clone(), slot, client, conn_tls.clone())).await;
         }
         Detected::Http2 => {
             listener.metrics.accepted_http2.inc();
@@ -131,7 +162,7 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
         }
         Detected::Mqtt if listener.protocol != ListenerProtocol::Http => {
             listener.metrics.accepted_mqtt.inc();
-            Box::pin(mqtt::serve(stream, buffer, client, &shared, &table, &listener)).await;
+            Box::pin(mqtt::serve(stream, &conn_tls, buffer, client, &shared, &table, &listener)).await;
         }
         Detected::Tcp | Detected::Mqtt if listener.protocol == ListenerProtocol::Http => {
             listener.metrics.local_reply("bad_request");
@@ -141,9 +172,112 @@ async fn handle_connection(mut stream: TcpStream, client: SocketAddr, slot: usiz
         }
         Detected::Tcp | Detected::Mqtt => {
             listener.metrics.accepted_tcp.inc();
-            Box::pin(tcp::relay(stream, buffer, client, &shared, &table, &listener)).await;
+            Box::pin(tcp::relay(stream, &conn_tls, buffer, client, &shared, &table, &listener)).await;
         }
     }
+}
+
+enum Accepted {
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A plaintext client from a range allowed to skip TLS (mixed mode).
+    Plain(TcpStream),
+}
+
+/// The TLS handshake (or, in mixed mode, the decision that there is none).
+/// Failures are counted by reason and logged; `None` closes the connection.
+async fn accept_tls(tcp: TcpStream, client: SocketAddr, tls: &ServerTls, listener: &ListenerTable) -> Option<Accepted> {
+    let results = &listener.metrics.tls_handshakes;
+    let deadline = tokio::time::Instant::now() + tls.handshake_timeout;
+    if tls.accepts_plaintext_from(client.ip()) {
+        // A TLS client speaks first with a handshake record (0x16).
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] == 0x16 => {}
+            Ok(Ok(1)) => {
+                results.inc("plaintext");
+                return Some(Accepted::Plain(tcp));
+            }
+            // Silent (a server-first protocol) or closed: plaintext rules apply.
+            Err(_) | Ok(Ok(_)) => {
+                results.inc("plaintext");
+                return Some(Accepted::Plain(tcp));
+            }
+            Ok(Err(_)) => return None,
+        }
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
+    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => {
+            results.inc("ok");
+            Some(Accepted::Tls(Box::new(stream)))
+        }
+        Ok(Err(error)) => {
+            let reason = crate::tls::handshake_failure_reason(&error);
+            results.inc(reason);
+            if matches!(reason, "closed" | "io_error") {
+                tracing::debug!(listener = %listener.name, %client, %error, "TLS handshake failed");
+            } else {
+                tracing::info!(listener = %listener.name, %client, reason, %error, "TLS handshake failed");
+            }
+            None
+        }
+        Err(_) => {
+            results.inc("timeout");
+            tracing::debug!(listener = %listener.name, %client, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// TLS passthrough: read the ClientHello (without decrypting anything), route
+/// on its server name, relay the bytes as they are.
+async fn passthrough(
+    mut tcp: TcpStream,
+    client: SocketAddr,
+    shared: &Shared,
+    table: &RouteTable,
+    listener: &ListenerTable,
+) {
+    use crate::tls::client_hello::{peek, Peek, MAX_CLIENT_HELLO};
+    use tokio::io::AsyncReadExt;
+    let results = &listener.metrics.tls_handshakes;
+    let deadline = tokio::time::Instant::now() + listener.detect_timeout;
+    let mut buffer = BytesMut::with_capacity(2048);
+    let sni = loop {
+        match peek(&buffer) {
+            Peek::Hello(hello) => break hello.server_name.map(|name| Box::<str>::from(name.to_ascii_lowercase())),
+            Peek::NotTls(why) => {
+                results.inc("not_tls");
+                tracing::info!(listener = %listener.name, %client, why, "not a TLS ClientHello on a passthrough listener");
+                return;
+            }
+            Peek::Incomplete if buffer.len() > MAX_CLIENT_HELLO + 64 => {
+                results.inc("not_tls");
+                return;
+            }
+            Peek::Incomplete => {}
+        }
+        buffer.reserve(2048);
+        match tokio::time::timeout_at(deadline, tcp.read_buf(&mut buffer)).await {
+            Ok(Ok(0)) => {
+                results.inc("closed");
+                return;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                results.inc("io_error");
+                return;
+            }
+            Err(_) => {
+                results.inc("timeout");
+                return;
+            }
+        }
+    };
+    results.inc("ok");
+    listener.metrics.accepted_tcp.inc();
+    let conn_tls = ConnTls { sni, ..ConnTls::default() };
+    tcp::relay(ClientStream::Plain(tcp), &conn_tls, buffer, client, shared, table, listener).await;
 }
 
 /// Runs `f` when dropped.

@@ -107,6 +107,14 @@ pub struct TcpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// `listener NAME`, `cluster NAME`.
+    pub used_by: String,
+    pub subject: String,
+    pub serial: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: &'static str,
 }
@@ -191,6 +199,11 @@ pub struct Metrics {
     pub mqtt_rejections: Family<LocalReplyLabels, Counter>,
     pub mqtt_topic_publishes: Family<MqttTopicLabels, Counter>,
     pub mqtt_topic_bytes: Family<MqttTopicLabels, Counter>,
+    pub tls_handshakes: Family<LocalReplyLabels, Counter>,
+    pub tls_upstream_handshake_errors: Family<ConnectErrorLabels, Counter>,
+    pub tls_cert_expiry: Family<CertLabels, Gauge>,
+    pub tls_rotations: Family<ReloadLabels, Counter>,
+    pub access_denied: Family<LocalReplyLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_generation: Gauge,
     pub config_last_success: Gauge,
@@ -228,6 +241,11 @@ impl Metrics {
             mqtt_rejections: Family::default(),
             mqtt_topic_publishes: Family::default(),
             mqtt_topic_bytes: Family::default(),
+            tls_handshakes: Family::default(),
+            tls_upstream_handshake_errors: Family::default(),
+            tls_cert_expiry: Family::default(),
+            tls_rotations: Family::default(),
+            access_denied: Family::default(),
             config_reloads: Family::default(),
             config_generation: Gauge::default(),
             config_last_success: Gauge::default(),
@@ -303,6 +321,31 @@ impl Metrics {
             "upstream_ejections",
             "Endpoints ejected by outlier detection",
             metrics.upstream_ejections.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes of client connections by listener and result (ok, or why it failed)",
+            metrics.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_upstream_handshake_errors",
+            "Failed TLS handshakes with upstream endpoints, by cluster and reason",
+            metrics.tls_upstream_handshake_errors.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "Expiry (Unix time) of each certificate in use",
+            metrics.tls_cert_expiry.clone(),
+        );
+        registry.register(
+            "tls_rotations",
+            "Certificate reloads after their files changed, by result (applied or rejected)",
+            metrics.tls_rotations.clone(),
+        );
+        registry.register(
+            "access_denied",
+            "Connections and requests refused by identity-based access control, by listener and protocol",
+            metrics.access_denied.clone(),
         );
         registry.register("upstream_retries", "Retries sent to a cluster", metrics.upstream_retries.clone());
         registry.register(

@@ -46,7 +46,8 @@ type PolicyEntry = (u64, Arc<dyn Any + Send + Sync>, u64);
 
 #[derive(Default)]
 struct EndpointMap {
-    by_key: HashMap<(String, SocketAddr, ClusterProtocol), Arc<EndpointState>>,
+    /// Plaintext and TLS connections to one address never share pools.
+    by_key: HashMap<(String, SocketAddr, ClusterProtocol, bool), Arc<EndpointState>>,
     next_id: usize,
 }
 
@@ -64,10 +65,11 @@ impl Registry {
         cluster: &str,
         addr: SocketAddr,
         protocol: ClusterProtocol,
+        tls: bool,
         make: impl FnOnce(usize) -> EndpointState,
     ) -> Arc<EndpointState> {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (cluster.to_owned(), addr, protocol);
+        let key = (cluster.to_owned(), addr, protocol, tls);
         if let Some(existing) = map.by_key.get(&key) {
             return existing.clone();
         }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::access_log::{millis, TcpRecord};
@@ -17,6 +16,7 @@ use crate::policy::outlier::TryOutcome;
 use crate::policy::throttle::BandwidthLimits;
 use crate::route::{InFlight, ListenerTable, RouteTable};
 use crate::state::Shared;
+use crate::stream::ClientStream;
 use crate::upstream;
 
 /// Read size per direction: it starts small (most relayed connections
@@ -28,7 +28,8 @@ const MAX_BUFFER: usize = 256 * 1024;
 /// Relays a client connection to the listener's TCP route. `prefix` holds
 /// bytes already read from the client (during detection).
 pub async fn relay(
-    mut client: TcpStream,
+    mut client: ClientStream,
+    tls: &crate::tls::ConnTls,
     prefix: BytesMut,
     client_addr: SocketAddr,
     shared: &Shared,
@@ -36,10 +37,20 @@ pub async fn relay(
     listener: &ListenerTable,
 ) {
     let started = Instant::now();
-    let Some(route) = listener.tcp_route.map(|index| &listener.routes[index]) else {
-        tracing::debug!(listener = %listener.name, client = %client_addr, "no TCP route; closing");
+    let Some(route) = listener.tcp_route_for(tls.sni.as_deref()) else {
+        tracing::debug!(listener = %listener.name, client = %client_addr, sni = ?tls.sni, "no TCP route; closing");
         return;
     };
+    if !listener.allows(Some(route), tls.peer.as_ref()) {
+        listener.metrics.access_denied.inc("tcp");
+        tracing::info!(
+            listener = %listener.name,
+            client = %client_addr,
+            peer = tls.peer.as_ref().map(|p| p.primary()),
+            "TCP connection refused by access control"
+        );
+        return;
+    }
     let target = route.split.pick();
     let cluster = &table.clusters[target.cluster];
     let pick = PickInput { client_ip: client_addr.ip(), hash_header: None };
@@ -100,7 +111,7 @@ pub async fn relay(
         let limits = listener.bandwidth.as_ref();
         let mut client_read = BandwidthLimits::wrap(limits, client_read);
         let mut client_write = BandwidthLimits::wrap(limits, client_write);
-        let (mut upstream_read, mut upstream_write) = upstream.tcp_mut().split();
+        let (mut upstream_read, mut upstream_write) = upstream.io_mut().split();
         let activity = Activity::new();
         let to_upstream = pipe(&mut client_read, &mut upstream_write, &rx, rx_counter, &activity);
         let to_client = pipe(&mut upstream_read, &mut client_write, &tx, tx_counter, &activity);

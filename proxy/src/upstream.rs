@@ -1,4 +1,4 @@
-//! Opening upstream TCP connections.
+//! Opening upstream connections: TCP, then TLS when the cluster asks for it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,30 +8,39 @@ use tokio::net::TcpStream;
 use crate::error::ConnectError;
 use crate::io::UpstreamStream;
 use crate::route::EndpointState;
+use crate::stream::UpstreamIo;
 
-/// Connects to an endpoint within `timeout`, with Nagle off (requests and
-/// responses are written whole; delaying them only adds latency).
+/// Connects to an endpoint within `timeout` (TCP and TLS handshakes
+/// together), with Nagle off (requests and responses are written whole;
+/// delaying them only adds latency).
 ///
 /// The cluster's `max_connections` and `max_pending_requests` apply here: the
 /// caller is a request waiting for this connection.
 pub async fn connect(endpoint: &Arc<EndpointState>, timeout: Duration) -> Result<UpstreamStream, ConnectError> {
     let cluster = &endpoint.cluster_state;
     cluster.admit_connect().map_err(ConnectError::Overloaded)?;
-    let result = match tokio::time::timeout(timeout, TcpStream::connect(endpoint.addr)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(error)) => Err(ConnectError::from_io(&error)),
-        Err(_) => Err(ConnectError::Timeout),
-    };
+    let result = tokio::time::timeout(timeout, open(endpoint)).await.unwrap_or(Err(ConnectError::Timeout));
     cluster.connect_done();
     match result {
-        Ok(stream) => {
-            let _ = stream.set_nodelay(true);
-            Ok(UpstreamStream::new(stream, endpoint.clone()))
-        }
+        Ok(io) => Ok(UpstreamStream::new(io, endpoint.clone())),
         Err(error) => {
             endpoint.metrics.connect_error(error.reason());
             tracing::debug!(cluster = %endpoint.cluster, endpoint = %endpoint.addr, %error, "upstream connect failed");
             Err(error)
+        }
+    }
+}
+
+async fn open(endpoint: &EndpointState) -> Result<UpstreamIo, ConnectError> {
+    let stream = TcpStream::connect(endpoint.addr).await.map_err(|error| ConnectError::from_io(&error))?;
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = endpoint.tls.load_full() else { return Ok(UpstreamIo::Plain(stream)) };
+    let connector = tokio_rustls::TlsConnector::from(tls.tls.config.load_full());
+    match connector.connect(tls.server_name.clone(), stream).await {
+        Ok(stream) => Ok(UpstreamIo::Tls(Box::new(stream))),
+        Err(error) => {
+            tls.handshake_errors.inc();
+            Err(ConnectError::Tls(error.to_string()))
         }
     }
 }

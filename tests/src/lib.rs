@@ -4,5 +4,7 @@
 pub mod client;
 pub mod harness;
 pub mod mqtt_wire;
+pub mod pki;
 pub mod process;
+pub mod tools;
 pub mod upstream;

@@ -9,6 +9,7 @@ use crate::values::{is_header_value, is_hostname, is_token};
 
 mod mqtt;
 mod policies;
+mod tls;
 
 /// One problem in a config, e.g. `listeners[1].routes[0].split[2].weight: must be between 1 and 10000`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +77,14 @@ impl Validator {
         }
 
         let clusters = self.clusters(&config.clusters);
+        if let Some(identity) = &config.identity {
+            self.identity(identity);
+        }
+        for (index, cluster) in config.clusters.iter().enumerate() {
+            if let Some(tls) = &cluster.tls {
+                self.cluster_tls(&format!("clusters[{index}].tls"), tls, config.identity.is_some());
+            }
+        }
 
         let mut listener_names = HashMap::new();
         for (index, listener) in config.listeners.iter().enumerate() {
@@ -90,7 +99,7 @@ impl Validator {
             if let Some(addr) = self.check(format!("{path}.bind"), listener.bind.parse()) {
                 binds.push((format!("{path}.bind"), addr));
             }
-            self.listener(&path, listener, &clusters);
+            self.listener(&path, listener, &clusters, config.identity.is_some());
         }
 
         for (i, (path, addr)) in binds.iter().enumerate() {
@@ -158,7 +167,7 @@ impl Validator {
         names
     }
 
-    fn listener(&mut self, path: &str, listener: &Listener, clusters: &HashMap<&str, usize>) {
+    fn listener(&mut self, path: &str, listener: &Listener, clusters: &HashMap<&str, usize>, has_identity: bool) {
         if let Some(detect) = self.check(format!("{path}.detect_timeout"), listener.detect_timeout.parse()) {
             if detect.is_zero() {
                 self.error(format!("{path}.detect_timeout"), "must be greater than 0");
@@ -243,13 +252,17 @@ impl Validator {
         if listener.protocol == ListenerProtocol::Tcp {
             if listener.routes.is_empty() {
                 self.error(format!("{path}.routes"), "a tcp listener needs a route");
-            } else if listener.routes.len() > 1 {
-                self.error(
-                    format!("{path}.routes[1]"),
-                    "unreachable: a tcp listener sends every connection to its first route",
-                );
+            } else if let Some(catch_all) = listener.routes.iter().position(|route| route.matches.sni.is_none()) {
+                // Routes are tried by SNI; the first without one takes the rest.
+                if catch_all + 1 < listener.routes.len() {
+                    self.error(
+                        format!("{path}.routes[{}]", catch_all + 1),
+                        format!("unreachable: routes[{catch_all}] has no `match.sni` and takes every connection"),
+                    );
+                }
             }
         }
+        self.listener_tls(path, listener, has_identity);
     }
 
     /// Routes of a listener that does not speak HTTP (`kind`: tcp, mqtt).
@@ -277,6 +290,9 @@ impl Validator {
                 format!("{path}.rate_limit"),
                 format!("HTTP rate limit on a {kind} listener (use connection_rate_limit)"),
             );
+        }
+        if route.jwt.is_some() {
+            self.error(format!("{path}.jwt"), format!("JWT verification needs HTTP, not a {kind} listener"));
         }
     }
 
@@ -397,6 +413,9 @@ impl Validator {
         if let Some(limit) = &route.rate_limit {
             self.rate_limit(&format!("{path}.rate_limit"), limit);
         }
+        if let Some(jwt) = &route.jwt {
+            crate::jwt::validate_jwt(self, &format!("{path}.jwt"), jwt);
+        }
     }
 
     fn cluster_ref(&mut self, path: &str, name: &str, clusters: &HashMap<&str, usize>) {
@@ -443,7 +462,7 @@ impl Validator {
 
 /// Headers that carry framing or connection state; editing them would corrupt
 /// the exchange or open a smuggling hole.
-fn is_protected_header(name: &str) -> bool {
+pub(crate) fn is_protected_header(name: &str) -> bool {
     const PROTECTED: [&str; 8] = [
         "content-length",
         "transfer-encoding",

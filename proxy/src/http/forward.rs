@@ -36,12 +36,18 @@ pub struct ConnContext {
     pub slot: usize,
     pub client: SocketAddr,
     pub downstream: Version,
+    /// SNI and peer identity of a TLS connection.
+    pub tls: Arc<crate::tls::ConnTls>,
 }
 
 /// A request's view for route matching.
-struct PartsView<'a>(&'a http::request::Parts);
+struct PartsView<'a>(&'a http::request::Parts, Option<&'a str>);
 
 impl RequestView for PartsView<'_> {
+    fn sni(&self) -> Option<&str> {
+        self.1
+    }
+
     fn method(&self) -> &str {
         self.0.method.as_str()
     }
@@ -78,7 +84,7 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     let log = if table.access_log { RequestLog::capture(&parts) } else { RequestLog::default() };
 
-    let Some(route) = listener.route_for(&PartsView(&parts)) else {
+    let Some(route) = listener.route_for(&PartsView(&parts, conn.tls.sni.as_deref())) else {
         let error = ProxyError::NoRoute;
         return Ok(local_reply(
             &conn,
@@ -88,6 +94,11 @@ pub async fn handle(
             error,
         ));
     };
+    if !listener.allows(Some(route), conn.tls.peer.as_ref()) {
+        listener.metrics.access_denied.inc("http");
+        let context = Some((&*table, &**listener, &listener.metrics.unrouted, &*route.name, ""));
+        return Ok(local_reply(&conn, context, started, &log, ProxyError::Forbidden));
+    }
     if let Some(direct) = &route.direct {
         let context = Some((&*table, &**listener, &direct.metrics, &*route.name, ""));
         record(&conn, context, started, &log, direct.status.as_u16(), None, None);
@@ -320,7 +331,7 @@ fn upstream_request(
     upgrade: bool,
 ) -> Result<Request<ProxyBody>, ProxyError> {
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    add_forwarding(&mut parts.headers, &listener.http, conn.client);
+    add_forwarding(&mut parts.headers, &listener.http, conn.client, conn.tls.scheme());
     route.request_edits.apply(&mut parts.headers);
     match cluster.protocol {
         ClusterProtocol::Http1 => {

@@ -57,13 +57,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Adds `X-Forwarded-For`, `X-Forwarded-Proto` and (optionally) `Forwarded`
 /// for the client, as the listener's settings say.
-pub fn add_forwarding(headers: &mut HeaderMap, settings: &HttpSettings, client: SocketAddr) {
+pub fn add_forwarding(headers: &mut HeaderMap, settings: &HttpSettings, client: SocketAddr, scheme: &'static str) {
     let ip = client.ip();
     match settings.forwarded_for {
         ForwardedFor::Off => {}
         ForwardedFor::Replace => {
             headers.insert(&X_FORWARDED_FOR, ip_value(ip));
-            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         }
         ForwardedFor::Append => {
             let mut value = String::new();
@@ -78,12 +78,12 @@ pub fn add_forwarding(headers: &mut HeaderMap, settings: &HttpSettings, client: 
                 headers.insert(&X_FORWARDED_FOR, value);
             }
             if !headers.contains_key(&X_FORWARDED_PROTO) {
-                headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+                headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
             }
         }
     }
     if settings.forwarded {
-        if let Ok(value) = HeaderValue::from_str(&forwarded_element(ip)) {
+        if let Ok(value) = HeaderValue::from_str(&forwarded_element(ip, scheme)) {
             headers.append(header::FORWARDED, value);
         }
     }
@@ -96,10 +96,10 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
 }
 
 /// An RFC 7239 element: IPv6 addresses are quoted and bracketed.
-pub fn forwarded_element(ip: IpAddr) -> String {
+pub fn forwarded_element(ip: IpAddr, scheme: &str) -> String {
     match ip {
-        IpAddr::V4(v4) => format!("for={v4};proto=http"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        IpAddr::V4(v4) => format!("for={v4};proto={scheme}"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={scheme}"),
     }
 }
 
@@ -149,12 +149,12 @@ mod tests {
         let client: SocketAddr = "10.1.2.3:5000".parse().unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        add_forwarding(&mut headers, &settings(ForwardedFor::Append, true), client);
+        add_forwarding(&mut headers, &settings(ForwardedFor::Append, true), client, "http");
         assert_eq!(headers[&X_FORWARDED_FOR], "1.1.1.1, 10.1.2.3");
         assert_eq!(headers[header::FORWARDED], "for=10.1.2.3;proto=http");
-        add_forwarding(&mut headers, &settings(ForwardedFor::Replace, false), client);
+        add_forwarding(&mut headers, &settings(ForwardedFor::Replace, false), client, "http");
         assert_eq!(headers[&X_FORWARDED_FOR], "10.1.2.3");
         let v6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
-        assert_eq!(forwarded_element(v6.ip()), "for=\"[2001:db8::1]\";proto=http");
+        assert_eq!(forwarded_element(v6.ip(), "http"), "for=\"[2001:db8::1]\";proto=http");
     }
 }

@@ -8,9 +8,9 @@
 
 use std::collections::VecDeque;
 
+use crate::stream::ReadSide;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::ReadHalf;
 use tokio::sync::mpsc;
 
 use super::access::ClientAcl;
@@ -244,7 +244,7 @@ impl BrokerGuard {
     /// needs and slipping the proxy's own packets in between.
     pub async fn relay<W>(
         &mut self,
-        broker: &mut ReadHalf<'_>,
+        broker: &mut ReadSide<'_>,
         client: &mut W,
         metrics: &MqttMetrics,
         packets: &mut u64,

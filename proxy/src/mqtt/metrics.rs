@@ -26,7 +26,7 @@ const PACKET_NAMES: [&str; 16] = [
 ];
 
 /// Why an MQTT connection was refused or closed by edgeplane.
-pub const REJECTION_REASONS: [&str; 17] = [
+pub const REJECTION_REASONS: [&str; 18] = [
     "no_route",
     "no_broker",
     "unsupported_version",
@@ -44,6 +44,7 @@ pub const REJECTION_REASONS: [&str; 17] = [
     "publish_denied",
     "subscribe_denied",
     "topic_alias_invalid",
+    "identity_denied",
 ];
 
 pub struct MqttMetrics {

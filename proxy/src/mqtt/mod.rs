@@ -24,8 +24,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::ReadHalf;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use self::connect::{refusal, ConnectError, ConnectInfo};
@@ -39,6 +37,7 @@ use crate::io::{read_when_ready, ReadSize};
 use crate::policy::outlier::TryOutcome;
 use crate::route::{InFlight, ListenerTable, RouteTable};
 use crate::state::Shared;
+use crate::stream::{ClientStream, ReadSide};
 use crate::upstream;
 
 /// Tries at reaching a broker: a CONNECT can go to another broker of the
@@ -86,7 +85,8 @@ struct Tally {
 /// Serves an MQTT client connection. `buf` holds bytes already read (during
 /// detection).
 pub async fn serve(
-    mut client: TcpStream,
+    mut client: ClientStream,
+    tls: &crate::tls::ConnTls,
     mut buf: BytesMut,
     client_addr: SocketAddr,
     shared: &Shared,
@@ -158,10 +158,15 @@ pub async fn serve(
     }
     drop(password);
 
-    let Some(route) = listener.mqtt_route_for(&info.client_id, info.username.as_deref()) else {
+    let Some(route) = listener.mqtt_route_for(&info.client_id, info.username.as_deref(), tls.sni.as_deref()) else {
         let _ = client.write_all(&refuse("no route", "no_route", refusal::SERVER_UNAVAILABLE)).await;
         return;
     };
+    if !listener.allows(Some(route), tls.peer.as_ref()) {
+        listener.metrics.access_denied.inc("mqtt");
+        let _ = client.write_all(&refuse("identity not allowed", "identity_denied", refusal::NOT_AUTHORIZED)).await;
+        return;
+    }
     let target = route.split.pick();
     let cluster = &table.clusters[target.cluster];
     let pick = PickInput {
@@ -197,7 +202,7 @@ pub async fn serve(
     let mut tally = Tally::default();
     let ended = {
         let (mut client_read, mut client_write) = client.split();
-        let (mut broker_read, mut broker_write) = upstream.tcp_mut().split();
+        let (mut broker_read, mut broker_write) = upstream.io_mut().split();
         // A client silent for keep-alive × factor is gone (MQTT §3.1.2.10).
         let idle = match info.keep_alive {
             0 => listener.tcp_idle_timeout,
@@ -304,7 +309,7 @@ pub async fn serve(
 /// length, or the rejection metric's reason (none for a client that just
 /// went away) and what happened.
 async fn read_connect(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     buf: &mut BytesMut,
     max_packet_size: u32,
     timeout: Duration,
@@ -335,7 +340,7 @@ async fn read_connect(
 /// Forwards whole, checked client packets (the CONNECT first, still in `buf`).
 #[allow(clippy::too_many_arguments)]
 async fn client_to_broker<W>(
-    client: &mut ReadHalf<'_>,
+    client: &mut ReadSide<'_>,
     broker: &mut W,
     buf: &mut BytesMut,
     info: &ConnectInfo,
@@ -430,7 +435,7 @@ where
 /// Copies the broker's bytes to the client as they come, counting packets
 /// as their headers go by.
 async fn broker_to_client<W>(
-    broker: &mut ReadHalf<'_>,
+    broker: &mut ReadSide<'_>,
     client: &mut W,
     metrics: &MqttMetrics,
     packets: &mut u64,

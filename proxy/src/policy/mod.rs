@@ -8,6 +8,7 @@
 //!   availability flags that health checks share.
 //! - [`retry`]: per-route retries with backoff and a budget.
 //! - [`rate_limit`], [`bandwidth`]: token buckets for requests, connections and bytes.
+//! - [`jwt`]: bearer-token (JWT) verification of HTTP routes.
 //!
 //! Counters that must outlive a reload live in [`ClusterState`] (per cluster
 //! name) and in each endpoint's [`outlier::EndpointHealth`]; stateful
@@ -17,6 +18,7 @@
 
 pub mod bandwidth;
 pub mod breaker;
+pub mod jwt;
 pub mod limits;
 pub mod outlier;
 pub mod rate_limit;

@@ -1,7 +1,6 @@
 //! Plain upstream TCP connections for the HTTP/1 fast path, which speaks
 //! HTTP/1 on them itself.
 
-use std::io::ErrorKind;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -13,11 +12,11 @@ use crate::route::{EndpointState, PoolSettings};
 
 impl Reusable for UpstreamStream {
     /// An idle HTTP/1 connection must have nothing to read: data or EOF
-    /// means the upstream closed it or broke the protocol. tokio answers
-    /// `WouldBlock` from its cached readiness without a syscall in the
-    /// common case.
+    /// means the upstream closed it or broke the protocol (over TLS, a
+    /// close_notify). tokio answers from its cached readiness without a
+    /// syscall in the common case.
     fn is_reusable(&mut self) -> bool {
-        matches!(self.tcp_mut().try_read(&mut [0u8; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock)
+        self.io_mut().is_quiet()
     }
 }
 

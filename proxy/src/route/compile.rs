@@ -32,10 +32,13 @@ pub enum CompileError {
     Resolve { path: String, host: String, reason: String },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    /// A certificate, key or CA that cannot be used; the message names its path.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Every local-reply reason, so each listener's series exist from the start.
-pub const LOCAL_REPLY_REASONS: [&str; 13] = [
+pub const LOCAL_REPLY_REASONS: [&str; 15] = [
     "no_route",
     "overloaded",
     "degraded",
@@ -49,9 +52,11 @@ pub const LOCAL_REPLY_REASONS: [&str; 13] = [
     "headers_too_large",
     "request_timeout",
     "unsupported",
+    "forbidden",
+    "unauthorized",
 ];
 
-const CONNECT_ERROR_REASONS: [&str; 4] = ["timeout", "refused", "error", "handshake"];
+const CONNECT_ERROR_REASONS: [&str; 5] = ["timeout", "refused", "error", "handshake", "tls"];
 
 /// Compiles a *validated* config. Host names in endpoint addresses are
 /// resolved here (blocking; this runs on the control thread, never a worker).
@@ -67,7 +72,7 @@ pub fn compile(
     let mut cluster_index = HashMap::new();
     for (index, cluster) in config.clusters.iter().enumerate() {
         cluster_index.insert(cluster.name.as_str(), index);
-        clusters.push(compile_cluster(index, cluster, registry, metrics)?);
+        clusters.push(compile_cluster(index, cluster, config.identity.as_ref(), registry, metrics)?);
     }
 
     let mut listeners: Vec<Option<Arc<ListenerTable>>> = Vec::new();
@@ -77,7 +82,14 @@ pub fn compile(
         if listeners.len() <= slot {
             listeners.resize_with(slot + 1, || None);
         }
-        listeners[slot] = Some(Arc::new(compile_listener(&path, listener, &cluster_index, registry, metrics)?));
+        listeners[slot] = Some(Arc::new(compile_listener(
+            &path,
+            listener,
+            &cluster_index,
+            config.identity.as_ref(),
+            registry,
+            metrics,
+        )?));
     }
 
     Ok(RouteTable {
@@ -102,6 +114,7 @@ fn duration(path: &str, value: &config_model::Duration) -> Result<std::time::Dur
 fn compile_cluster(
     index: usize,
     cluster: &config_model::Cluster,
+    identity: Option<&config_model::Identity>,
     registry: &Registry,
     metrics: &Metrics,
 ) -> Result<ClusterTable, CompileError> {
@@ -129,6 +142,23 @@ fn compile_cluster(
         }),
     );
 
+    let tls = match &cluster.tls {
+        Some(spec) => Some(Arc::new(
+            crate::tls::client::ClientTls::compile(
+                &cluster.name,
+                &format!("{path}.tls"),
+                spec,
+                cluster.protocol,
+                identity,
+            )
+            .map_err(CompileError::Tls)?,
+        )),
+        None => None,
+    };
+    let tls_errors = metrics
+        .tls_upstream_handshake_errors
+        .get_or_create(&ConnectErrorLabels { cluster: cluster.name.clone(), reason: "handshake" })
+        .clone();
     let mut endpoints = Vec::new();
     let mut weights = Vec::new();
     let mut priorities = Vec::new();
@@ -136,19 +166,32 @@ fn compile_cluster(
     for (e, endpoint) in cluster.endpoints.iter().enumerate() {
         let endpoint_path = format!("{path}.endpoints[{e}]");
         let addrs = resolve(&endpoint_path, endpoint.address())?;
+        let host_name = match endpoint.address().parse() {
+            Ok(ParsedUpstream::Name { host, .. }) => Some(host),
+            _ => None,
+        };
         for addr in addrs {
-            let endpoint_state = registry.endpoint(&cluster.name, addr, cluster.protocol, |id| EndpointState {
-                id,
-                cluster: name.clone(),
-                addr,
-                protocol: cluster.protocol,
-                active_requests: AtomicU32::new(0),
-                health: Default::default(),
-                cluster_state: state.clone(),
-                connections: AtomicU32::new(0),
-                idle: AtomicU32::new(0),
-                metrics: cluster_metrics.clone(),
-            });
+            let endpoint_state =
+                registry.endpoint(&cluster.name, addr, cluster.protocol, tls.is_some(), |id| EndpointState {
+                    id,
+                    cluster: name.clone(),
+                    addr,
+                    protocol: cluster.protocol,
+                    tls: Default::default(),
+                    active_requests: AtomicU32::new(0),
+                    health: Default::default(),
+                    cluster_state: state.clone(),
+                    connections: AtomicU32::new(0),
+                    idle: AtomicU32::new(0),
+                    metrics: cluster_metrics.clone(),
+                });
+            endpoint_state.tls.store(tls.as_ref().map(|tls| {
+                Arc::new(EndpointTls {
+                    tls: tls.clone(),
+                    server_name: tls.name_for(host_name.as_deref(), addr.ip()),
+                    handshake_errors: tls_errors.clone(),
+                })
+            }));
             // One name may resolve to an address listed separately too.
             if endpoints.iter().any(|known: &Arc<EndpointState>| known.id == endpoint_state.id) {
                 continue;
@@ -222,6 +265,7 @@ fn compile_cluster(
 
     Ok(ClusterTable {
         name,
+        tls,
         protocol: cluster.protocol,
         connect_timeout: duration(&format!("{path}.connect_timeout"), &cluster.connect_timeout)?,
         pool: PoolSettings {
@@ -301,9 +345,25 @@ fn compile_listener(
     path: &str,
     listener: &config_model::Listener,
     clusters: &HashMap<&str, usize>,
+    identity: Option<&config_model::Identity>,
     registry: &Registry,
     metrics: &Metrics,
 ) -> Result<ListenerTable, CompileError> {
+    let passthrough = listener.tls.as_ref().is_some_and(|tls| tls.mode == config_model::TlsMode::Passthrough);
+    let tls = match &listener.tls {
+        Some(_) if passthrough => None,
+        Some(spec) => Some(Arc::new(
+            crate::tls::server::ServerTls::compile(
+                &listener.name,
+                &format!("{path}.tls"),
+                spec,
+                listener.protocol,
+                identity,
+            )
+            .map_err(CompileError::Tls)?,
+        )),
+        None => None,
+    };
     let name: Arc<str> = listener.name.as_str().into();
     let mut routes = Vec::with_capacity(listener.routes.len());
     for (index, route) in listener.routes.iter().enumerate() {
@@ -317,9 +377,10 @@ fn compile_listener(
             metrics,
         )?);
     }
-    let tcp_route = routes
-        .iter()
-        .position(|route: &Route| route.matcher.is_empty() && route.mqtt.is_none() && route.direct.is_none());
+    let tcp_route = routes.iter().position(|route: &Route| {
+        route.matcher.is_empty() && route.mqtt.is_none() && route.direct.is_none() && route.sni.is_none()
+    });
+    let routes_by_sni = routes.iter().any(|route| route.sni.is_some());
     let http = &listener.http;
     let connection = |protocol| {
         metrics.connections_total.get_or_create(&ConnectionLabels { listener: listener.name.clone(), protocol }).clone()
@@ -347,6 +408,10 @@ fn compile_listener(
             tcp_route
         },
         routes,
+        routes_by_sni,
+        tls,
+        passthrough,
+        access: listener.access.as_ref().map(crate::tls::AllowList::compile),
         mqtt: MqttSettings {
             max_packet_size: listener.mqtt.max_packet_size,
             connect_timeout: duration(&format!("{path}.mqtt.connect_timeout"), &listener.mqtt.connect_timeout)?,
@@ -384,6 +449,14 @@ fn compile_listener(
                 metrics.http_local_replies.get_or_create(&labels).clone()
             }),
             mqtt: crate::mqtt::metrics::MqttMetrics::new(metrics, &listener.name),
+            tls_handshakes: ReasonCounters::new(crate::tls::HANDSHAKE_RESULTS, |reason| {
+                let labels = LocalReplyLabels { listener: listener.name.clone(), reason };
+                metrics.tls_handshakes.get_or_create(&labels).clone()
+            }),
+            access_denied: ReasonCounters::new(&["http", "tcp", "mqtt"], |reason| {
+                let labels = LocalReplyLabels { listener: listener.name.clone(), reason };
+                metrics.access_denied.get_or_create(&labels).clone()
+            }),
         },
         rate_limit: request_limiter(
             registry,
@@ -525,6 +598,8 @@ fn compile_route(
     };
     Ok(Route {
         name: name.clone(),
+        sni: m.sni.as_deref().map(HostMatcher::new),
+        access: route.access.as_ref().map(crate::tls::AllowList::compile),
         matcher,
         mqtt,
         direct,

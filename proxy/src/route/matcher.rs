@@ -13,6 +13,10 @@ pub trait RequestView {
     fn host(&self) -> Option<&str>;
     /// Every value of a header.
     fn header_values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a;
+    /// The TLS server name of the request's connection.
+    fn sni(&self) -> Option<&str> {
+        None
+    }
 }
 
 #[derive(Debug)]

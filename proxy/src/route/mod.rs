@@ -58,6 +58,14 @@ pub struct ListenerTable {
     pub routes: Vec<Route>,
     /// The route opaque TCP connections take: the first without HTTP criteria.
     pub tcp_route: Option<usize>,
+    /// Some route has an SNI criterion (connections pick their route by it).
+    pub routes_by_sni: bool,
+    /// TLS termination; `None` for plaintext and passthrough listeners.
+    pub tls: Option<Arc<crate::tls::server::ServerTls>>,
+    /// Route TLS by the ClientHello's SNI without decrypting.
+    pub passthrough: bool,
+    /// Who may connect (a route's own list replaces it for its requests).
+    pub access: Option<Arc<crate::tls::AllowList>>,
     pub mqtt: MqttSettings,
     pub metrics: ListenerMetrics,
     pub rate_limit: Option<Arc<RequestLimiter>>,
@@ -67,15 +75,42 @@ pub struct ListenerTable {
 
 impl ListenerTable {
     pub fn route_for(&self, request: &impl RequestView) -> Option<&Route> {
-        self.routes.iter().find(|route| route.mqtt.is_none() && route.matcher.matches(request))
+        self.routes.iter().find(|route| {
+            route.mqtt.is_none()
+                && route.sni.as_ref().is_none_or(|sni| request.sni().is_some_and(|name| sni.matches(name)))
+                && route.matcher.matches(request)
+        })
+    }
+
+    /// The route of an opaque TCP connection (or a TLS connection passed
+    /// through) whose client asked for `sni`.
+    pub fn tcp_route_for(&self, sni: Option<&str>) -> Option<&Route> {
+        if !self.routes_by_sni {
+            return self.tcp_route.map(|index| &self.routes[index]);
+        }
+        self.routes.iter().find(|route| {
+            (route.matcher.is_empty() || self.protocol == ListenerProtocol::Tcp)
+                && route.mqtt.is_none()
+                && route.direct.is_none()
+                && route.sni.as_ref().is_none_or(|matcher| sni.is_some_and(|name| matcher.matches(name)))
+        })
+    }
+
+    /// Whether a peer may use `route` (the route's `access`, else the listener's).
+    pub fn allows(&self, route: Option<&Route>, peer: Option<&crate::tls::PeerIdentity>) -> bool {
+        match route.and_then(|route| route.access.as_ref()).or(self.access.as_ref()) {
+            Some(list) => list.allows(peer),
+            None => true,
+        }
     }
 
     /// The route of an MQTT connection: the first without HTTP criteria or
     /// a direct response whose MQTT criteria (if any) fit the CONNECT.
-    pub fn mqtt_route_for(&self, client_id: &str, username: Option<&str>) -> Option<&Route> {
+    pub fn mqtt_route_for(&self, client_id: &str, username: Option<&str>, sni: Option<&str>) -> Option<&Route> {
         self.routes.iter().find(|route| {
             route.matcher.is_empty()
                 && route.direct.is_none()
+                && route.sni.as_ref().is_none_or(|matcher| sni.is_some_and(|name| matcher.matches(name)))
                 && route.mqtt.as_ref().is_none_or(|m| m.matches(client_id, username))
         })
     }
@@ -116,6 +151,10 @@ pub struct ListenerMetrics {
     pub unrouted: RequestMetrics,
     pub local_replies: ReasonCounters,
     pub mqtt: crate::mqtt::metrics::MqttMetrics,
+    /// TLS handshakes by result.
+    pub tls_handshakes: ReasonCounters,
+    /// Refusals by access control, by protocol.
+    pub access_denied: ReasonCounters,
 }
 
 impl ListenerMetrics {
@@ -126,6 +165,10 @@ impl ListenerMetrics {
 
 pub struct Route {
     pub name: Arc<str>,
+    /// The TLS server name the client must have asked for.
+    pub sni: Option<matcher::HostMatcher>,
+    /// Who may use the route; the listener's list when absent.
+    pub access: Option<Arc<crate::tls::AllowList>>,
     pub matcher: RouteMatcher,
     /// MQTT criteria; a route with them takes only MQTT connections.
     pub mqtt: Option<matcher::MqttMatcher>,
@@ -234,6 +277,8 @@ impl HeaderEdits {
 
 pub struct ClusterTable {
     pub name: Arc<str>,
+    /// TLS towards the endpoints.
+    pub tls: Option<Arc<crate::tls::client::ClientTls>>,
     pub protocol: ClusterProtocol,
     pub connect_timeout: Duration,
     pub pool: PoolSettings,
@@ -389,6 +434,9 @@ pub struct EndpointState {
     pub cluster: Arc<str>,
     pub addr: SocketAddr,
     pub protocol: ClusterProtocol,
+    /// TLS towards this endpoint, set by each compile (a rotation or reload
+    /// changes it for new connections only).
+    pub tls: arc_swap::ArcSwapOption<EndpointTls>,
     pub active_requests: AtomicU32,
     /// Availability (health checks, ejection) and outlier counters.
     pub health: EndpointHealth,
@@ -409,6 +457,13 @@ impl std::fmt::Debug for EndpointState {
             .field("addr", &self.addr)
             .finish()
     }
+}
+
+/// The TLS an endpoint's new connections use.
+pub struct EndpointTls {
+    pub tls: Arc<crate::tls::client::ClientTls>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    pub handshake_errors: Counter,
 }
 
 /// Per-cluster metric handles shared by the cluster's endpoints.

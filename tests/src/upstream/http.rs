@@ -16,7 +16,6 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::{bind_loopback, InFlight, ServerTask};
@@ -101,6 +100,33 @@ impl HttpUpstream {
         HttpUpstream { name, addr, state, task }
     }
 
+    /// Starts the server speaking TLS with `config` (its ALPN decides the
+    /// HTTP version with [`HttpProto::Auto`]).
+    pub async fn start_tls(name: &str, proto: HttpProto, config: Arc<rustls::ServerConfig>) -> HttpUpstream {
+        let (listener, addr) = bind_loopback().await;
+        let name: Arc<str> = Arc::from(name);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(State {
+            name: name.clone(),
+            connections: connections.clone(),
+            requests: AtomicUsize::new(0),
+            in_flight: InFlight::default(),
+            arrived: Notify::new(),
+        });
+        let conn_state = state.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let task = ServerTask::spawn_accept_loop(listener, connections, move |stream| {
+            let state = conn_state.clone();
+            let acceptor = acceptor.clone();
+            async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    serve_connection(state, proto, tls).await;
+                }
+            }
+        });
+        HttpUpstream { name, addr, state, task }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -142,7 +168,10 @@ impl HttpUpstream {
     }
 }
 
-async fn serve_connection(state: Arc<State>, proto: HttpProto, stream: TcpStream) {
+async fn serve_connection<S>(state: Arc<State>, proto: HttpProto, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(stream);
     let service = service_fn(move |req| {
         let state = state.clone();

@@ -245,6 +245,7 @@ impl RequestHead {
         settings: &HttpSettings,
         edits: &HeaderEdits,
         client: IpAddr,
+        scheme: &str,
         endpoint: SocketAddr,
     ) {
         out.extend_from_slice(&buf[self.method.clone()]);
@@ -296,17 +297,17 @@ impl RequestHead {
                 }
                 let _ = write!(out, "{client}\r\n");
                 if (mode == ForwardedFor::Replace || !forwarded_proto_seen) && !edits.drops(b"x-forwarded-proto") {
-                    out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+                    let _ = write!(out, "x-forwarded-proto: {scheme}\r\n");
                 }
             }
         }
         if settings.forwarded && !edits.drops(b"forwarded") {
             match client {
                 IpAddr::V4(ip) => {
-                    let _ = write!(out, "forwarded: for={ip};proto=http\r\n");
+                    let _ = write!(out, "forwarded: for={ip};proto={scheme}\r\n");
                 }
                 IpAddr::V6(ip) => {
-                    let _ = write!(out, "forwarded: for=\"[{ip}]\";proto=http\r\n");
+                    let _ = write!(out, "forwarded: for=\"[{ip}]\";proto={scheme}\r\n");
                 }
             }
         }
@@ -324,9 +325,15 @@ impl RequestHead {
 pub struct RequestHeadView<'a> {
     pub head: &'a RequestHead,
     pub buf: &'a [u8],
+    /// The connection's TLS server name.
+    pub sni: Option<&'a str>,
 }
 
 impl RequestView for RequestHeadView<'_> {
+    fn sni(&self) -> Option<&str> {
+        self.sni
+    }
+
     fn method(&self) -> &str {
         std::str::from_utf8(self.head.method(self.buf)).unwrap_or("")
     }
@@ -581,6 +588,7 @@ mod tests {
             &settings,
             &edits,
             "10.0.0.1".parse().unwrap(),
+            "http",
             "127.0.0.1:1".parse().unwrap(),
         );
         let written = String::from_utf8(out).unwrap();

@@ -24,7 +24,6 @@ use bytes::{Buf, BytesMut};
 use config_model::ClusterProtocol;
 use http::{StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -47,6 +46,8 @@ use crate::route::{
     ClusterRequest, ClusterTable, EndpointState, HeaderEdits, InFlight, ListenerTable, Route, RouteTable,
 };
 use crate::state::{draining, Shared};
+use crate::stream::ClientStream;
+use crate::tls::ConnTls;
 use crate::upstream;
 
 /// Largest request body the fast path buffers whole; larger bodies are
@@ -58,8 +59,16 @@ const READ_CHUNK: usize = 8 * 1024;
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Serves an HTTP/1 client connection; `buffer` holds bytes already read.
-pub async fn serve(stream: TcpStream, buffer: BytesMut, shared: Arc<Shared>, slot: usize, client: SocketAddr) {
+pub async fn serve(
+    stream: ClientStream,
+    buffer: BytesMut,
+    shared: Arc<Shared>,
+    slot: usize,
+    client: SocketAddr,
+    tls: Arc<ConnTls>,
+) {
     let mut connection = Connection {
+        tls,
         drain: shared.lifecycle.drain_signal(),
         shared,
         slot,
@@ -74,10 +83,10 @@ pub async fn serve(stream: TcpStream, buffer: BytesMut, shared: Arc<Shared>, slo
         connection.release_buffers();
         return;
     }
-    let Connection { shared, slot, client, stream, buf, .. } = connection;
+    let Connection { shared, slot, client, stream, buf, tls, .. } = connection;
     let table = shared.table.load_full();
     let Some(listener) = table.listener(slot).cloned() else { return };
-    let context = Arc::new(ConnContext { shared, slot, client, downstream: Version::HTTP_11 });
+    let context = Arc::new(ConnContext { shared, slot, client, downstream: Version::HTTP_11, tls });
     let metrics = &listener.metrics;
     let io = Metered::new(PrefixedIo::new(buf, stream), metrics.bytes_rx.clone(), metrics.bytes_tx.clone());
     serve_http1(io, context, &listener.http).await;
@@ -95,7 +104,9 @@ struct Connection {
     shared: Arc<Shared>,
     slot: usize,
     client: SocketAddr,
-    stream: TcpStream,
+    stream: ClientStream,
+    /// SNI and peer identity of a TLS connection.
+    tls: Arc<ConnTls>,
     /// Client bytes not yet consumed; starts at the current request.
     buf: BytesMut,
     head: RequestHead,
@@ -262,11 +273,17 @@ impl Connection {
         if self.upstream_buf.capacity() == 0 {
             self.upstream_buf = buffers::bytes();
         }
-        let view = RequestHeadView { head: &self.head, buf: &self.buf };
+        let view = RequestHeadView { head: &self.head, buf: &self.buf, sni: self.tls.sni.as_deref() };
         let Some(route) = listener.route_for(&view) else {
             let metrics = &listener.metrics.unrouted;
             return self.local_reply(table, listener, metrics, ("", ""), started, ProxyError::NoRoute).await;
         };
+        if !listener.allows(Some(route), self.tls.peer.as_ref()) {
+            listener.metrics.access_denied.inc("http");
+            let metrics = &listener.metrics.unrouted;
+            let names = (&*route.name, "");
+            return self.local_reply(table, listener, metrics, names, started, ProxyError::Forbidden).await;
+        }
         if let Some(direct) = &route.direct {
             let close = self.head.close || self.shared.lifecycle.is_draining();
             self.out.clear();
@@ -426,6 +443,7 @@ impl Connection {
             &listener.http,
             &route.request_edits,
             self.client.ip(),
+            self.tls.scheme(),
             endpoint.addr,
         );
         self.out.extend_from_slice(&self.buf[head_len..head_len + body_len]);
@@ -448,7 +466,7 @@ impl Connection {
             upstream.start_request();
             self.upstream_buf.clear();
             let waiting = send_and_read_head(&mut upstream, &self.out, &mut self.upstream_buf);
-            let Some(sent) = until_client_leaves(&self.stream, &mut self.buf, waiting).await else {
+            let Some(sent) = until_client_leaves(&mut self.stream, &mut self.buf, waiting).await else {
                 // Nobody is waiting for the answer any more: drop the upstream
                 // connection, which also tells the upstream to stop.
                 return Err(ExchangeError::DuringResponse);
@@ -668,7 +686,7 @@ impl Connection {
 /// closes first. Bytes the client sends meanwhile (a pipelined request) are
 /// kept in `buf`, up to a bound past which the client is no longer watched.
 async fn until_client_leaves<F: std::future::Future>(
-    client: &TcpStream,
+    client: &mut ClientStream,
     buf: &mut BytesMut,
     work: F,
 ) -> Option<F::Output> {
