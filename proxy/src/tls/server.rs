@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use config_model::{ClientAuthMode, Identity, ListenerProtocol, ListenerTls, PemSource, TlsVersion};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache};
-use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
@@ -43,9 +43,6 @@ struct Recipe {
     identity: Option<Identity>,
     alpn: Vec<Vec<u8>>,
     provider: Arc<CryptoProvider>,
-    /// Kept across rebuilds so rotation does not end resumption.
-    sessions: Arc<dyn StoresServerSessions>,
-    tickets: Option<Arc<dyn ProducesTickets>>,
     /// Serialises rebuilds (the control thread does them; this is cheap insurance).
     rebuilding: Mutex<()>,
 }
@@ -67,14 +64,6 @@ impl ServerTls {
             }
             None => Vec::new(),
         };
-        let (sessions, tickets): (Arc<dyn StoresServerSessions>, Option<Arc<dyn ProducesTickets>>) =
-            if spec.session_resumption {
-                let tickets = rustls::crypto::aws_lc_rs::Ticketer::new()
-                    .map_err(|e| format!("{path}.session_resumption: cannot make a ticket key: {e}"))?;
-                (ServerSessionMemoryCache::new(SESSION_CACHE), Some(tickets))
-            } else {
-                (Arc::new(NoServerSessionStorage {}), None)
-            };
         let handshake_timeout =
             spec.handshake_timeout.parse().map_err(|e: String| format!("{path}.handshake_timeout: {e}"))?;
         let plaintext_sources = spec
@@ -90,8 +79,6 @@ impl ServerTls {
             identity: identity.cloned(),
             alpn,
             provider,
-            sessions,
-            tickets,
             rebuilding: Mutex::new(()),
         };
         let sources = Sources::new(recipe.files());
@@ -226,10 +213,16 @@ impl Recipe {
         };
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = self.alpn.clone();
-        config.session_storage = self.sessions.clone();
-        match &self.tickets {
-            Some(tickets) => config.ticketer = tickets.clone(),
-            None => config.send_tls13_tickets = 0,
+        // Every build starts resumption afresh: a session resumed from an
+        // older ticket would skip the client-certificate check against the
+        // CA bundle now in force (a CA removed by a rotation must stay out).
+        if spec.session_resumption {
+            config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+            config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+                .map_err(|e| format!("{path}.session_resumption: cannot make a ticket key: {e}"))?;
+        } else {
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
         }
         // Plaintext is handed out as soon as a record is decrypted; the
         // proxy reads in its own sizes.
