@@ -92,6 +92,8 @@ pub enum ProxyError {
     /// Access control refused the peer's identity (or its lack of one).
     #[error("access denied")]
     Forbidden,
+    #[error("token refused: {0}")]
+    Unauthorized(crate::policy::jwt::JwtError),
 }
 
 /// A response made by the proxy itself.
@@ -145,6 +147,15 @@ impl ProxyError {
                 };
             }
             ProxyError::RateLimited(limiter, retry_after) => return limiter.reply(*retry_after),
+            ProxyError::Unauthorized(why) => {
+                return LocalReply {
+                    status: StatusCode::UNAUTHORIZED,
+                    body: Bytes::from_static(b"unauthorized\n"),
+                    headers: vec![(http::header::WWW_AUTHENTICATE, why.www_authenticate())],
+                    reason: "unauthorized",
+                    close: false,
+                };
+            }
             _ => {}
         }
         let (status, body, reason, close) = match self {
@@ -172,7 +183,10 @@ impl ProxyError {
                 (StatusCode::SERVICE_UNAVAILABLE, "upstream refused the stream\n", "upstream_error", false)
             }
             // Answered above, with their own status, body and headers.
-            ProxyError::Overloaded(_) | ProxyError::Degraded(_) | ProxyError::RateLimited(..) => {
+            ProxyError::Overloaded(_)
+            | ProxyError::Degraded(_)
+            | ProxyError::RateLimited(..)
+            | ProxyError::Unauthorized(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n", "overloaded", false)
             }
         };

@@ -99,6 +99,27 @@ pub async fn handle(
         let context = Some((&*table, &**listener, &listener.metrics.unrouted, &*route.name, ""));
         return Ok(local_reply(&conn, context, started, &log, ProxyError::Forbidden));
     }
+    let mut parts = parts;
+    if let Some(jwt) = &route.jwt {
+        // The verifier looks at the headers once per token source.
+        let headers: Vec<(&[u8], &[u8])> =
+            parts.headers.iter().map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())).collect();
+        match jwt.verify(headers.iter().copied(), std::time::SystemTime::now()) {
+            Ok(verified) => {
+                for name in jwt.claim_headers().iter().chain(jwt.strip_headers()) {
+                    parts.headers.remove(name);
+                }
+                for (name, value) in verified.forward {
+                    parts.headers.insert(name, value);
+                }
+            }
+            Err(why) => {
+                tracing::debug!(route = %route.name, reason = why.reason(), "JWT refused");
+                let context = Some((&*table, &**listener, &listener.metrics.unrouted, &*route.name, ""));
+                return Ok(local_reply(&conn, context, started, &log, ProxyError::Unauthorized(why)));
+            }
+        }
+    }
     if let Some(direct) = &route.direct {
         let context = Some((&*table, &**listener, &direct.metrics, &*route.name, ""));
         record(&conn, context, started, &log, direct.status.as_u16(), None, None);

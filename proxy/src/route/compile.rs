@@ -600,6 +600,12 @@ fn compile_route(
         name: name.clone(),
         sni: m.sni.as_deref().map(HostMatcher::new),
         access: route.access.as_ref().map(crate::tls::AllowList::compile),
+        jwt: match &route.jwt {
+            Some(jwt) => Some(Arc::new(
+                crate::policy::jwt::JwtVerifier::compile(jwt).map_err(|m| invalid(&format!("{path}.jwt"), m))?,
+            )),
+            None => None,
+        },
         matcher,
         mqtt,
         direct,

@@ -169,6 +169,8 @@ pub struct Route {
     pub sni: Option<matcher::HostMatcher>,
     /// Who may use the route; the listener's list when absent.
     pub access: Option<Arc<crate::tls::AllowList>>,
+    /// Tokens every request must carry.
+    pub jwt: Option<Arc<crate::policy::jwt::JwtVerifier>>,
     pub matcher: RouteMatcher,
     /// MQTT criteria; a route with them takes only MQTT connections.
     pub mqtt: Option<matcher::MqttMatcher>,

@@ -295,6 +295,10 @@ impl Connection {
             self.record(table, listener, &direct.metrics, names, started, direct.status.as_u16(), None);
             return if written.is_err() || close { Next::Close } else { Next::KeepAlive };
         }
+        // Verified claims become request headers: hyper's path edits them.
+        if route.jwt.is_some() {
+            return Next::Handover;
+        }
         let target = route.split.pick();
         let cluster = &table.clusters[target.cluster];
         if cluster.protocol == ClusterProtocol::Http2 {
