@@ -181,6 +181,22 @@ pub struct HttpOptions {
     /// Most concurrent streams per HTTP/2 client connection.
     #[serde(default = "defaults::max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// Answer every plaintext request with a redirect to the same URL over
+    /// `https` (the listener's routes are not used for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_https: Option<HttpsRedirect>,
+}
+
+/// A redirect from `http` to `https`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsRedirect {
+    /// Port of the HTTPS listener; default 443 (left out of the URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `301` (default), `302`, `303`, `307` or `308`.
+    #[serde(default = "defaults::redirect_status")]
+    pub status: u16,
 }
 
 impl Default for HttpOptions {
@@ -193,6 +209,7 @@ impl Default for HttpOptions {
             forwarded_for: ForwardedFor::default(),
             forwarded: false,
             max_concurrent_streams: defaults::max_concurrent_streams(),
+            redirect_https: None,
         }
     }
 }
@@ -649,6 +666,9 @@ pub mod defaults {
     }
     pub fn max_concurrent_streams() -> u32 {
         100
+    }
+    pub fn redirect_status() -> u16 {
+        301
     }
     pub fn tcp_idle_timeout() -> Duration {
         Duration::from_std(StdDuration::from_secs(3600))

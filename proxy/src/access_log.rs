@@ -35,6 +35,12 @@ pub struct HttpRecord<'a> {
     /// Why the proxy answered itself, when it did.
     pub local_reply: Option<&'a str>,
     pub duration_ms: f64,
+    /// The TLS server name the client asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<&'a str>,
+    /// The identity of the verified client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -47,6 +53,10 @@ pub struct TcpRecord<'a> {
     pub bytes_tx: u64,
     pub duration_ms: f64,
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<&'a str>,
 }
 
 /// One MQTT connection (or a CONNECT refused by the proxy: no upstream).
@@ -145,8 +155,14 @@ pub fn rfc3339(time: SystemTime) -> String {
     let secs = since_epoch.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
+    let (year, month, day) = civil_from_days(days as i64);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{:03}Z", since_epoch.subsec_millis())
+}
+
+/// (year, month, day) of a day counted from 1970-01-01 (Howard Hinnant's
+/// civil-from-days algorithm).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -154,8 +170,7 @@ pub fn rfc3339(time: SystemTime) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{:03}Z", since_epoch.subsec_millis())
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]

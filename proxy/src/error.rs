@@ -186,9 +186,7 @@ impl ProxyError {
             ProxyError::Overloaded(_)
             | ProxyError::Degraded(_)
             | ProxyError::RateLimited(..)
-            | ProxyError::Unauthorized(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n", "overloaded", false)
-            }
+            | ProxyError::Unauthorized(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n", "overloaded", false),
         };
         LocalReply { status, body: Bytes::from_static(body.as_bytes()), headers: Vec::new(), reason, close }
     }

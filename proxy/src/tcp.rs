@@ -67,6 +67,8 @@ pub async fn relay(
                     bytes_tx: tx,
                     duration_ms: millis(started.elapsed()),
                     error,
+                    sni: tls.sni.as_deref(),
+                    peer: tls.peer.as_ref().map(|peer| peer.primary()),
                 },
             );
         }

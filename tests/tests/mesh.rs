@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use edgeplane_tests::harness::{eventually, guard, TestProxy};
 use edgeplane_tests::pki::{self, Ca, Issued};
-use edgeplane_tests::upstream::{HttpProto, HttpUpstream, TcpEcho};
+use edgeplane_tests::upstream::{
+    try_publish, ClientOptions, HttpProto, HttpUpstream, Mosquitto, MqttVersion, Subscriber, TcpEcho,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn path(p: &Path) -> String {
@@ -83,10 +85,25 @@ async fn sidecars_talk_mtls_and_identities_decide_access() {
         let mesh = Mesh::new();
         let app = HttpUpstream::start("bookstore-v1", HttpProto::Http1).await;
         let bookstore = mesh.sidecar("bookstore");
-        let inbound =
-            TestProxy::start(&inbound_config(&bookstore, &mesh.ca_file, app.addr(), "{ allow: [ bookbuyer.default ] }", ""));
-        let buyer = TestProxy::start(&outbound_config(&mesh.sidecar("bookbuyer"), &mesh.ca_file, inbound.addr("inbound"), "bookstore.default"));
-        let thief = TestProxy::start(&outbound_config(&mesh.sidecar("bookthief"), &mesh.ca_file, inbound.addr("inbound"), "bookstore.default"));
+        let inbound = TestProxy::start(&inbound_config(
+            &bookstore,
+            &mesh.ca_file,
+            app.addr(),
+            "{ allow: [ bookbuyer.default ] }",
+            "",
+        ));
+        let buyer = TestProxy::start(&outbound_config(
+            &mesh.sidecar("bookbuyer"),
+            &mesh.ca_file,
+            inbound.addr("inbound"),
+            "bookstore.default",
+        ));
+        let thief = TestProxy::start(&outbound_config(
+            &mesh.sidecar("bookthief"),
+            &mesh.ca_file,
+            inbound.addr("inbound"),
+            "bookstore.default",
+        ));
 
         // The allowed identity gets through, encrypted both ways.
         let (status, body) = get(&buyer, "outbound", "/books").await;
@@ -103,9 +120,17 @@ async fn sidecars_talk_mtls_and_identities_decide_access() {
         assert_eq!(app.requests(), 1, "the denied request never reached the app");
 
         // The outbound side checks the inbound's identity too.
-        let wrong = TestProxy::start(&outbound_config(&mesh.sidecar("bookbuyer2"), &mesh.ca_file, inbound.addr("inbound"), "bookwarehouse.default"));
+        let wrong = TestProxy::start(&outbound_config(
+            &mesh.sidecar("bookbuyer2"),
+            &mesh.ca_file,
+            inbound.addr("inbound"),
+            "bookwarehouse.default",
+        ));
         assert_eq!(get(&wrong, "outbound", "/books").await.0, 502, "an upstream with another identity is refused");
-        assert!(wrong.metric("edgeplane_tls_upstream_handshake_errors_total", &[("cluster", "bookstore")]).await >= Some(1.0));
+        assert!(
+            wrong.metric("edgeplane_tls_upstream_handshake_errors_total", &[("cluster", "bookstore")]).await
+                >= Some(1.0)
+        );
 
         // Someone with a certificate from another CA is refused in the handshake.
         let rogue_ca = Ca::new("rogue CA");
@@ -141,8 +166,7 @@ async fn sidecars_talk_mtls_and_identities_decide_access() {
         assert!(pki::https_get(inbound.addr("inbound"), "bookstore.default.cluster.local", client, "/").await.is_err());
 
         // Permissive mode: everyone with a mesh certificate passes.
-        let config =
-            inbound_config(&bookstore, &mesh.ca_file, app.addr(), "{ permissive: true }", "");
+        let config = inbound_config(&bookstore, &mesh.ca_file, app.addr(), "{ permissive: true }", "");
         inbound.reload(&config).await.expect("reload");
         assert_eq!(get(&thief, "outbound", "/books").await.0, 200);
         // The allowed one still works; `/certs` shows the identity served.
@@ -160,7 +184,13 @@ async fn mixed_mode_takes_plaintext_from_listed_sources_only() {
         let app = HttpUpstream::start("app", HttpProto::Http1).await;
         let store = mesh.sidecar("bookstore");
         let config = |sources: &str, access: &str| {
-            inbound_config(&store, &mesh.ca_file, app.addr(), access, &format!("      plaintext_sources: [ {sources} ]\n"))
+            inbound_config(
+                &store,
+                &mesh.ca_file,
+                app.addr(),
+                access,
+                &format!("      plaintext_sources: [ {sources} ]\n"),
+            )
         };
         let inbound = TestProxy::start(&config("127.0.0.1/32", "{ permissive: true }"));
         // Plaintext from a listed range is served (without an identity)...
@@ -168,7 +198,12 @@ async fn mixed_mode_takes_plaintext_from_listed_sources_only() {
         assert_eq!(status, 200);
         assert_eq!(inbound.metric("edgeplane_tls_handshakes_total", &[("reason", "plaintext")]).await, Some(1.0));
         // ...and mTLS from the same range still works.
-        let buyer = TestProxy::start(&outbound_config(&mesh.sidecar("bookbuyer"), &mesh.ca_file, inbound.addr("inbound"), "bookstore.default"));
+        let buyer = TestProxy::start(&outbound_config(
+            &mesh.sidecar("bookbuyer"),
+            &mesh.ca_file,
+            inbound.addr("inbound"),
+            "bookstore.default",
+        ));
         assert_eq!(get(&buyer, "outbound", "/tls").await.0, 200);
         // Enforced access: a plaintext client has no identity.
         inbound.reload(&config("127.0.0.1/32", "{ allow: [ bookbuyer.default ] }")).await.expect("reload");
@@ -227,7 +262,11 @@ async fn tcp_behind_mtls_is_closed_for_identities_not_allowed() {
 
 /// New TLS connections and requests, as fast as they go, until told to stop:
 /// (requests, failures).
-async fn load(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>, stop: Arc<AtomicUsize>) -> (usize, Vec<String>) {
+async fn load(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    stop: Arc<AtomicUsize>,
+) -> (usize, Vec<String>) {
     let mut done = 0;
     let mut failures = Vec::new();
     while stop.load(Ordering::Relaxed) == 0 {
@@ -346,6 +385,55 @@ async fn a_ca_removed_by_rotation_is_refused_for_new_handshakes_only() {
         let mut response = [0u8; 128];
         let n = established.read(&mut response).await.unwrap();
         assert!(response[..n].starts_with(b"HTTP/1.1 200"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_mtls_with_mosquitto_clients_and_identity_access() {
+    guard(async {
+        let mesh = Mesh::new();
+        let broker = Mosquitto::start().await;
+        // The proxy's certificate must name the address mosquitto clients dial.
+        let gateway = mesh.ca.issue(&pki::Leaf {
+            cn: "mqtt-gateway.default.cluster.local",
+            dns: &["mqtt-gateway.default.cluster.local"],
+            ips: &["127.0.0.1".parse().unwrap()],
+            ..Default::default()
+        });
+        let side = sidecar(mesh.dir.path(), &gateway, "gateway");
+        let config = format!(
+            "{}listeners:\n  - name: mqtts\n    bind: 127.0.0.1:0\n    protocol: mqtt\n    tls: {{ mesh: true }}\n    access: {{ allow: [ sensor.default ] }}\n    routes:\n      - cluster: broker\nclusters:\n  - name: broker\n    endpoints: [ \"{}\" ]\n",
+            identity_block(&side, &mesh.ca_file),
+            broker.addr()
+        );
+        let proxy = TestProxy::start(&config);
+        let addr = proxy.addr("mqtts");
+        let ca = path(&mesh.ca_file);
+        let sensor = mesh.sidecar("sensor");
+        let (sensor_cert, sensor_key) = (path(&sensor.cert), path(&sensor.key));
+        let intruder = mesh.sidecar("intruder");
+        let (intruder_cert, intruder_key) = (path(&intruder.cert), path(&intruder.key));
+        for version in MqttVersion::ALL {
+            let allowed = ClientOptions::default().version(version).tls(&ca, Some((&sensor_cert, &sensor_key)));
+            let subscriber = Subscriber::start(addr, &allowed.clone().id("dashboard"), "plant/#", &[]).await;
+            let published = try_publish(addr, &allowed.clone().id("sensor-1"), "plant/temp", "21.5", false).await;
+            assert!(published.success(), "{version:?}: {published:?}");
+            let messages = subscriber.wait_messages(1, Duration::from_secs(10)).await;
+            assert_eq!(messages[0].payload, "21.5", "{version:?}");
+
+            // Another mesh identity: CONNACK "not authorized".
+            let refused = ClientOptions::default().version(version).tls(&ca, Some((&intruder_cert, &intruder_key)));
+            let output = try_publish(addr, &refused.id("intruder-1"), "plant/temp", "0", false).await;
+            assert!(!output.success(), "{version:?}: the intruder published: {output:?}");
+            // No client certificate: the handshake fails.
+            let anonymous = ClientOptions::default().version(version).tls(&ca, None);
+            assert!(!try_publish(addr, &anonymous.id("anon"), "plant/temp", "0", false).await.success());
+        }
+        assert_eq!(proxy.metric("edgeplane_access_denied_total", &[("reason", "mqtt")]).await, Some(3.0));
+        assert!(
+            proxy.metric("edgeplane_mqtt_rejections_total", &[("reason", "identity_denied")]).await >= Some(3.0)
+        );
     })
     .await;
 }

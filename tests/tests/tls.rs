@@ -412,3 +412,46 @@ async fn unusable_certificates_are_refused_at_load_with_their_path() {
         assert!(error.contains(expected), "{name}: {error}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_is_redirected_to_https() {
+    guard(async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("edge test CA");
+        let ca_file = pki::write_pem(dir.path(), "ca.pem", &ca.pem());
+        ca.server(&["a.example.com"]).write(dir.path(), "a");
+        let config = |port: u16| {
+            format!(
+                "listeners:\n  - name: plain\n    bind: 127.0.0.1:0\n    http: {{ redirect_https: {{ port: {port}, status: 308 }} }}\n    routes: [ {{ direct_response: {{ status: 200, body: plain }} }} ]\n  - name: https\n    bind: 127.0.0.1:0\n    tls:\n      certificates:\n{}    routes:\n      - direct_response: {{ status: 200, body: \"hello over tls\\n\" }}\n",
+                cert_entry(dir.path(), "a", "")
+            )
+        };
+        let proxy = TestProxy::start(&config(8443));
+        let https_port = proxy.addr("https").port();
+        proxy.reload(&config(https_port)).await.expect("reload");
+        let plain_port = proxy.addr("plain").port();
+        let url = format!("http://a.example.com:{plain_port}/x?y=1");
+        let output = curl(&[
+            "-D".into(), "-".into(), "--resolve".into(), format!("a.example.com:{plain_port}:127.0.0.1"), url.clone(),
+        ])
+        .await;
+        let text = stdout(&output);
+        assert!(text.starts_with("HTTP/1.1 308"), "{text}");
+        assert!(text.contains(&format!("location: https://a.example.com:{https_port}/x?y=1")), "{text}");
+        // curl follows it to the TLS listener.
+        let output = curl(&[
+            "-L".into(),
+            "--cacert".into(),
+            path(&ca_file),
+            "--resolve".into(),
+            format!("a.example.com:{plain_port}:127.0.0.1"),
+            "--resolve".into(),
+            format!("a.example.com:{https_port}:127.0.0.1"),
+            url,
+        ])
+        .await;
+        assert!(stdout(&output).starts_with("hello over tls\n"), "{}", stdout(&output));
+        assert_eq!(proxy.metric("edgeplane_http_local_replies_total", &[("reason", "https_redirect")]).await, Some(2.0));
+    })
+    .await;
+}

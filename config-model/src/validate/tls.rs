@@ -54,6 +54,20 @@ impl Validator {
         if let Some(access) = &listener.access {
             self.access(&format!("{path}.access"), access, listener);
         }
+        if let Some(redirect) = &listener.http.redirect_https {
+            if ![301, 302, 303, 307, 308].contains(&redirect.status) {
+                self.error(format!("{path}.http.redirect_https.status"), "must be 301, 302, 303, 307 or 308");
+            }
+            if redirect.port == Some(0) {
+                self.error(format!("{path}.http.redirect_https.port"), "must be 1 to 65535");
+            }
+            if listener.protocol == ListenerProtocol::Tcp || listener.protocol == ListenerProtocol::Mqtt {
+                self.error(format!("{path}.http.redirect_https"), "needs an HTTP listener");
+            }
+            if listener.tls.as_ref().is_some_and(|tls| tls.plaintext_sources.is_empty()) {
+                self.error(format!("{path}.http.redirect_https"), "the listener takes only TLS already");
+            }
+        }
         let Some(tls) = &listener.tls else { return };
         let path = format!("{path}.tls");
         if tls.mode == TlsMode::Passthrough {

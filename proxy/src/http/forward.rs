@@ -83,6 +83,9 @@ pub async fn handle(
         .then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
     let log = if table.access_log { RequestLog::capture(&parts) } else { RequestLog::default() };
+    if let (Some((status, port)), false) = (listener.http.redirect_https, conn.tls.terminated) {
+        return Ok(https_redirect(&conn, &table, listener, started, &log, &parts, status, port));
+    }
 
     let Some(route) = listener.route_for(&PartsView(&parts, conn.tls.sni.as_deref())) else {
         let error = ProxyError::NoRoute;
@@ -391,6 +394,55 @@ fn upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
+/// `example.com:80` → `example.com`, `[::1]:80` → `[::1]`.
+fn without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.split_once(':') {
+        Some((name, port)) if !port.contains(':') => name,
+        _ => host,
+    }
+}
+
+/// A redirect to the same URL over `https`.
+#[allow(clippy::too_many_arguments)]
+fn https_redirect(
+    conn: &ConnContext,
+    table: &RouteTable,
+    listener: &ListenerTable,
+    started: Instant,
+    log: &RequestLog,
+    parts: &http::request::Parts,
+    status: StatusCode,
+    port: Option<u16>,
+) -> Response<ResponseBody> {
+    let view = PartsView(parts, None);
+    let host = view.host().map(without_port).unwrap_or("");
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match port {
+        Some(443) | None => format!("https://{host}{target}"),
+        Some(port) => format!("https://{host}:{port}{target}"),
+    };
+    listener.metrics.local_reply("https_redirect");
+    record(
+        conn,
+        Some((table, listener, &listener.metrics.unrouted, "", "")),
+        started,
+        log,
+        status.as_u16(),
+        None,
+        None,
+    );
+    let mut response = Response::new(ResponseBody::local(ProxyBody::Full(None)));
+    *response.status_mut() = status;
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
+}
+
 fn finish_response<B>(response: &mut Response<B>, route: &Route, conn: &ConnContext, switching: bool) {
     let headers = response.headers_mut();
     strip_hop_by_hop(headers, switching);
@@ -515,6 +567,8 @@ fn write_access_log(
             upstream,
             local_reply,
             duration_ms: millis(elapsed),
+            sni: conn.tls.sni.as_deref(),
+            peer: conn.tls.peer.as_ref().map(|peer| peer.primary()),
         },
     );
 }

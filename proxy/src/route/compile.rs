@@ -38,7 +38,7 @@ pub enum CompileError {
 }
 
 /// Every local-reply reason, so each listener's series exist from the start.
-pub const LOCAL_REPLY_REASONS: [&str; 15] = [
+pub const LOCAL_REPLY_REASONS: [&str; 16] = [
     "no_route",
     "overloaded",
     "degraded",
@@ -54,6 +54,7 @@ pub const LOCAL_REPLY_REASONS: [&str; 15] = [
     "unsupported",
     "forbidden",
     "unauthorized",
+    "https_redirect",
 ];
 
 const CONNECT_ERROR_REASONS: [&str; 5] = ["timeout", "refused", "error", "handshake", "tls"];
@@ -400,6 +401,14 @@ fn compile_listener(
             forwarded_for: http.forwarded_for,
             forwarded: http.forwarded,
             max_concurrent_streams: http.max_concurrent_streams,
+            redirect_https: match &http.redirect_https {
+                Some(redirect) => Some((
+                    http::StatusCode::from_u16(redirect.status)
+                        .map_err(|e| invalid(&format!("{path}.http.redirect_https.status"), e))?,
+                    redirect.port,
+                )),
+                None => None,
+            },
         },
         tcp_idle_timeout: duration(&format!("{path}.tcp.idle_timeout"), &listener.tcp.idle_timeout)?,
         tcp_route: if listener.protocol == ListenerProtocol::Tcp {

@@ -136,6 +136,8 @@ pub struct HttpSettings {
     pub forwarded_for: ForwardedFor,
     pub forwarded: bool,
     pub max_concurrent_streams: u32,
+    /// Plaintext requests get this redirect status towards `https` (with this port).
+    pub redirect_https: Option<(http::StatusCode, Option<u16>)>,
 }
 
 /// Per-listener metric handles, resolved at compile time.

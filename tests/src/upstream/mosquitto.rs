@@ -204,11 +204,13 @@ pub struct ClientOptions {
     pub client_id: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// `--cafile`, and `--cert`/`--key` when a client certificate is given.
+    pub tls: Option<(String, Option<(String, String)>)>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { version: MqttVersion::V311, qos: 0, client_id: None, username: None, password: None }
+        Self { version: MqttVersion::V311, qos: 0, client_id: None, username: None, password: None, tls: None }
     }
 }
 
@@ -238,6 +240,12 @@ impl ClientOptions {
         self
     }
 
+    /// TLS trusting `cafile`, presenting `cert_key` when given.
+    pub fn tls(mut self, cafile: &str, cert_key: Option<(&str, &str)>) -> Self {
+        self.tls = Some((cafile.to_owned(), cert_key.map(|(c, k)| (c.to_owned(), k.to_owned()))));
+        self
+    }
+
     fn args(&self, addr: SocketAddr) -> Vec<String> {
         let mut args = vec![
             "-h".into(),
@@ -257,6 +265,12 @@ impl ClientOptions {
         }
         if let Some(password) = &self.password {
             args.extend(["-P".into(), password.clone()]);
+        }
+        if let Some((cafile, cert_key)) = &self.tls {
+            args.extend(["--cafile".into(), cafile.clone()]);
+            if let Some((cert, key)) = cert_key {
+                args.extend(["--cert".into(), cert.clone(), "--key".into(), key.clone()]);
+            }
         }
         args
     }

@@ -273,6 +273,9 @@ impl Connection {
         if self.upstream_buf.capacity() == 0 {
             self.upstream_buf = buffers::bytes();
         }
+        if listener.http.redirect_https.is_some() && !self.tls.terminated {
+            return Next::Handover;
+        }
         let view = RequestHeadView { head: &self.head, buf: &self.buf, sni: self.tls.sni.as_deref() };
         let Some(route) = listener.route_for(&view) else {
             let metrics = &listener.metrics.unrouted;
@@ -680,6 +683,8 @@ impl Connection {
                     upstream,
                     local_reply,
                     duration_ms: millis(elapsed),
+                    sni: self.tls.sni.as_deref(),
+                    peer: self.tls.peer.as_ref().map(|peer| peer.primary()),
                 },
             );
         }
