@@ -137,7 +137,7 @@ clusters:
         "listeners[1].name: duplicate listener name \"web\" (also listeners[0])",
         "listeners[1].bind: address 127.0.0.1:8080 conflicts with listeners[0].bind",
         "listeners[1].routes[0].match: HTTP match criteria on a tcp listener",
-        "listeners[1].routes[1]: unreachable: a tcp listener sends every connection to its first route",
+        "listeners[1].routes[1]: unreachable: routes[0] has no `match.sni` and takes every connection",
         "clusters[0].endpoints[0]: invalid address \"127.0.0.1\"",
         "clusters[0].endpoints[1].weight: must be between 1 and 10000",
         "clusters[0].endpoints[2]: duplicate endpoint \"127.0.0.1:1\"",
@@ -536,4 +536,120 @@ listeners:
 "#;
     let error = from_yaml_str(text).unwrap_err().to_string();
     assert!(error.contains("keys"), "{error}");
+}
+
+#[test]
+fn tls_errors_are_reported_with_their_paths() {
+    let bad = r#"
+listeners:
+  - name: https
+    bind: 127.0.0.1:8443
+    tls:
+      certificates:
+        - { cert: { file: "" }, key: { pem: "not pem" }, server_names: [ "bad name" ], default: true }
+        - { cert: { file: /a.crt }, key: { file: /a.key }, default: true }
+      alpn: [ "" ]
+      min_version: "1.3"
+      max_version: "1.2"
+      cipher_suites: [ AES128 ]
+      plaintext_sources: [ 10.0.0.0/33, nope ]
+      handshake_timeout: 0s
+    access: { allow: [] }
+    routes:
+      - { match: { sni: "bad..name" }, cluster: app }
+  - name: passthrough
+    bind: 127.0.0.1:8444
+    tls: { mode: passthrough, mesh: true }
+    routes: [ { cluster: app } ]
+  - name: mesh
+    bind: 127.0.0.1:8445
+    tls: { mesh: true }
+    routes: [ { cluster: app, access: { allow: [ "spiffe://" ] } } ]
+  - name: plain
+    bind: 127.0.0.1:8446
+    access: { allow: [ a.b ] }
+    http: { redirect_https: { status: 200 } }
+    routes: [ { match: { sni: a.example.com }, cluster: app } ]
+  - name: empty
+    bind: 127.0.0.1:8447
+    tls: {}
+    routes: [ { cluster: app } ]
+clusters:
+  - name: app
+    endpoints: [ 127.0.0.1:9000 ]
+    tls: { identities: [ a.b ], cert: { file: /c.crt }, server_name: "not a name!" }
+  - name: mesh
+    endpoints: [ 127.0.0.1:9001 ]
+    tls: { mesh: true, cert: { file: /c.crt }, key: { file: /c.key } }
+"#;
+    let found = errors(&from_yaml_str(bad).expect("parses"));
+    let expected = [
+        "clusters[0].tls.identities: only with `mesh: true`",
+        "clusters[0].tls.key: needed with `cert`",
+        "clusters[0].tls.server_name: invalid server name \"not a name!\"",
+        "clusters[1].tls.mesh: needs the top-level `identity`",
+        "clusters[1].tls.cert: mesh clusters present the identity; no `cert`/`key`",
+        "listeners[0].routes[0].match.sni: invalid server name \"bad..name\"",
+        "listeners[0].access.allow: empty: nobody could connect",
+        "listeners[0].access: identities come from verified client certificates",
+        "listeners[0].tls.certificates: at most one certificate may be the default",
+        "listeners[0].tls.certificates[0].cert.file: empty path",
+        "listeners[0].tls.certificates[0].key.pem: not PEM text",
+        "listeners[0].tls.certificates[0].server_names[0]: invalid server name \"bad name\"",
+        "listeners[0].tls.alpn[0]: must be 1 to 255 bytes",
+        "listeners[0].tls.min_version: is above max_version",
+        "listeners[0].tls.cipher_suites[0]: \"AES128\" is not an IANA suite name",
+        "listeners[0].tls.plaintext_sources[0]: invalid CIDR \"10.0.0.0/33\": prefix must be 0 to 32",
+        "listeners[0].tls.plaintext_sources[1]: invalid CIDR \"nope\"",
+        "listeners[0].tls.handshake_timeout: must be greater than 0",
+        "listeners[1].tls.mode: passthrough needs `protocol: tcp`",
+        "listeners[1].tls: passthrough takes no certificates",
+        "listeners[2].routes[0].access.allow[0]: \"spiffe://\" is neither sa.ns, a DNS name nor a SPIFFE URI",
+        "listeners[2].tls.mesh: needs the top-level `identity`",
+        "listeners[3].routes[0].match.sni: needs a listener with `tls`",
+        "listeners[3].access: identities come from verified client certificates",
+        "listeners[3].http.redirect_https.status: must be 301, 302, 303, 307 or 308",
+        "listeners[4].tls.certificates: needs at least one certificate (or `mesh: true`)",
+    ];
+    for want in expected {
+        assert!(found.iter().any(|error| error.starts_with(want)), "missing {want:?} in {found:#?}");
+    }
+    assert_eq!(found.len(), expected.len(), "unexpected extra errors: {found:#?}");
+}
+
+#[test]
+fn tls_configs_parse_and_validate() {
+    let good = r#"
+identity: { cert: { file: /id.crt }, key: { file: /id.key }, ca: { file: /ca.crt } }
+listeners:
+  - name: https
+    bind: 127.0.0.1:8443
+    tls:
+      certificates: [ { cert: { file: /a.crt }, key: { file: /a.key }, server_names: [ "*.example.com" ] } ]
+      client_auth: { mode: optional }
+    access: { allow: [ bookbuyer.default, "spiffe://cluster.local/ns/default/sa/bookbuyer" ] }
+    routes: [ { cluster: app } ]
+  - name: edge
+    bind: 127.0.0.1:8444
+    protocol: tcp
+    tls: { mode: passthrough }
+    routes: [ { match: { sni: a.example.com }, cluster: app }, { cluster: app } ]
+  - name: inbound
+    bind: 127.0.0.1:15003
+    tls: { mesh: true, plaintext_sources: [ 10.0.0.0/8, "fd00::/8" ] }
+    access: { permissive: true }
+    http: { redirect_https: { port: 8443 } }
+    routes: [ { cluster: app } ]
+clusters:
+  - name: app
+    endpoints: [ 127.0.0.1:9000 ]
+    tls: { mesh: true, identities: [ bookstore.default ] }
+"#;
+    let config = from_yaml_str(good).expect("parses");
+    assert_eq!(errors(&config), Vec::<String>::new());
+    // Inline keys never show in a dump of the config.
+    let inline = good.replace("key: { file: /id.key }", "key: { pem: \"-----BEGIN PRIVATE KEY-----\\nsecret\\n\" }");
+    let dump = serde_json::to_string(&from_yaml_str(&inline).expect("parses")).unwrap();
+    assert!(!dump.contains("secret"), "{dump}");
+    assert!(dump.contains("(redacted)"), "{dump}");
 }
