@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::ReadHalf;
 
 use crate::policy::bandwidth::Throttled;
@@ -187,6 +187,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Writes all of `bytes` and flushes. Over TLS a write can leave records in
+/// rustls's buffer when the socket is full; only a flush is sure to push
+/// them out, and a relay that goes back to reading would otherwise strand
+/// them. On plain TCP the flush costs nothing.
+pub async fn write_out<W: AsyncWrite + Unpin + ?Sized>(writer: &mut W, bytes: &[u8]) -> io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
 }
 
 /// A read side that can wait for bytes without a buffer to read them into.

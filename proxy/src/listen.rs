@@ -9,7 +9,6 @@ use bytes::BytesMut;
 use config_model::ListenerProtocol;
 use http::Version;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::detect::{detect, Detected};
@@ -166,9 +165,11 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
         }
         Detected::Tcp | Detected::Mqtt if listener.protocol == ListenerProtocol::Http => {
             listener.metrics.local_reply("bad_request");
-            let _ = stream
-                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\nconnection: close\r\n\r\nbad request\n")
-                .await;
+            let _ = crate::io::write_out(
+                &mut stream,
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\nconnection: close\r\n\r\nbad request\n",
+            )
+            .await;
         }
         Detected::Tcp | Detected::Mqtt => {
             listener.metrics.accepted_tcp.inc();

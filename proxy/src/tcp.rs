@@ -101,7 +101,7 @@ pub async fn relay(
     let tx = AtomicU64::new(0);
     let mut outcome = None;
     if !prefix.is_empty() {
-        if let Err(error) = upstream.write_all(&prefix).await {
+        if let Err(error) = crate::io::write_out(&mut upstream, &prefix).await {
             outcome = Some(error.to_string());
         } else {
             rx.fetch_add(prefix.len() as u64, Ordering::Relaxed);
@@ -156,7 +156,7 @@ where
             writer.shutdown().await?;
             return Ok(());
         }
-        writer.write_all(&buffer).await?;
+        crate::io::write_out(writer, &buffer).await?;
         buffer.clear();
         total.fetch_add(n as u64, Ordering::Relaxed);
         counter.inc_by(n as u64);

@@ -437,3 +437,36 @@ async fn mqtt_over_mtls_with_mosquitto_clients_and_identity_access() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_relays_megabytes_both_ways_over_mtls_on_both_sides() {
+    guard(async {
+        let mesh = Mesh::new();
+        let echo = TcpEcho::start().await;
+        let store = mesh.sidecar("db");
+        let inbound = TestProxy::start(&format!(
+            "{}listeners:\n  - name: inbound\n    bind: 127.0.0.1:0\n    protocol: tcp\n    tls: {{ mesh: true }}\n    access: {{ allow: [ api.default ] }}\n    routes:\n      - cluster: db\nclusters:\n  - name: db\n    endpoints: [ \"{}\" ]\n",
+            identity_block(&store, &mesh.ca_file),
+            echo.addr()
+        ));
+        let outbound = TestProxy::start(&format!(
+            "{}listeners:\n  - name: outbound\n    bind: 127.0.0.1:0\n    protocol: tcp\n    routes:\n      - cluster: db\nclusters:\n  - name: db\n    endpoints: [ \"{}\" ]\n    tls: {{ mesh: true, identities: [ db.default ] }}\n",
+            identity_block(&mesh.sidecar("api"), &mesh.ca_file),
+            inbound.addr("inbound")
+        ));
+        let payload = edgeplane_tests::upstream::bytes_pattern(4_000_000);
+        let stream = tokio::net::TcpStream::connect(outbound.addr("outbound")).await.unwrap();
+        let (mut read, mut write) = stream.into_split();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            write.write_all(&sent).await.unwrap();
+            write.shutdown().await.unwrap();
+        });
+        let mut received = Vec::with_capacity(payload.len());
+        read.read_to_end(&mut received).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(received.len(), payload.len());
+        assert!(received == payload, "bytes differ after the mTLS round trip");
+    })
+    .await;
+}

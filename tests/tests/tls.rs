@@ -455,3 +455,43 @@ async fn plain_http_is_redirected_to_https() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_cross_tls_on_both_sides() {
+    guard(async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("edge test CA");
+        let ca_file = pki::write_pem(dir.path(), "ca.pem", &ca.pem());
+        ca.server(&["app.example.com"]).write(dir.path(), "app");
+        let server = ca.server(&["api.internal"]);
+        let upstream = HttpUpstream::start_tls("api", HttpProto::Http1, pki::server_config(&server, None, &[])).await;
+        let proxy = TestProxy::start(&format!(
+            "listeners:\n  - name: https\n    bind: 127.0.0.1:0\n    tls:\n      certificates:\n{}    routes:\n      - cluster: api\nclusters:\n{}    tls: {{ ca: {{ file: {} }}, server_name: api.internal }}\n",
+            cert_entry(dir.path(), "app", ""),
+            cluster("api", &[upstream.addr()]),
+            path(&ca_file)
+        ));
+        let port = proxy.addr("https").port();
+        let body = dir.path().join("body.bin");
+        std::fs::write(&body, edgeplane_tests::upstream::bytes_pattern(3_000_000)).unwrap();
+        let echoed = dir.path().join("echoed.bin");
+        for version in ["--http1.1", "--http2"] {
+            // Downstream TLS, upstream TLS, 8 MB down.
+            let mut list = vec![version.to_string(), "--cacert".into(), path(&ca_file), "-o".into(), "/dev/null".into()];
+            list.extend(["-w".into(), "%{size_download}".into(), "--resolve".into(), format!("app.example.com:{port}:127.0.0.1")]);
+            list.push(format!("https://app.example.com:{port}/bytes/8000000"));
+            let output = run("curl", &[args(&["-sS", "--max-time", "60"]), list].concat(), INSTALL).await;
+            assert!(output.status.success(), "{version}: {}", stderr(&output));
+            assert_eq!(stdout(&output), "8000000", "{version}");
+            // And 3 MB up, echoed back.
+            let mut list = vec![version.to_string(), "--cacert".into(), path(&ca_file), "--data-binary".into()];
+            list.push(format!("@{}", path(&body)));
+            list.extend(["-o".into(), path(&echoed), "--resolve".into(), format!("app.example.com:{port}:127.0.0.1")]);
+            list.push(format!("https://app.example.com:{port}/echo"));
+            let output = run("curl", &[args(&["-sS", "--max-time", "60"]), list].concat(), INSTALL).await;
+            assert!(output.status.success(), "{version}: {}", stderr(&output));
+            assert!(std::fs::read(&echoed).unwrap() == std::fs::read(&body).unwrap(), "{version}: echo differs");
+        }
+    })
+    .await;
+}

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use crate::stream::ReadSide;
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
 use super::access::ClientAcl;
@@ -235,7 +235,7 @@ impl BrokerGuard {
         while let Some(packet) = self.deferred.pop_front() {
             metrics.packet_out(packet[0]);
             *packets += 1;
-            client.write_all(&packet).await?;
+            crate::io::write_out(client, &packet).await?;
         }
         Ok(())
     }
@@ -327,8 +327,8 @@ impl BrokerGuard {
                 let (_, positions) = self.refusals.swap_remove(index);
                 match packet::merge_suback(&buf[pos..pos + len], self.v5, &positions) {
                     Ok(merged) => {
-                        client.write_all(&buf[..pos]).await?;
-                        client.write_all(&merged).await?;
+                        crate::io::write_out(client, &buf[..pos]).await?;
+                        crate::io::write_out(client, &merged).await?;
                         *forwarded += (pos + merged.len()) as u64;
                         buf.advance(pos + len);
                         pos = 0;
@@ -343,7 +343,7 @@ impl BrokerGuard {
                 pos = buf.len();
             }
             if pos > 0 {
-                client.write_all(&buf[..pos]).await?;
+                crate::io::write_out(client, &buf[..pos]).await?;
                 *forwarded += pos as u64;
                 buf.advance(pos);
             }

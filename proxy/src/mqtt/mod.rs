@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use self::connect::{refusal, ConnectError, ConnectInfo};
@@ -118,7 +118,7 @@ pub async fn serve(
                 ConnectError::Malformed(_) => (refusal::MALFORMED, "malformed_connect"),
             };
             mqtt_metrics.rejected(reason);
-            let _ = client.write_all(&refusal::connack(level, codes)).await;
+            let _ = crate::io::write_out(&mut client, &refusal::connack(level, codes)).await;
             return;
         }
     };
@@ -153,18 +153,22 @@ pub async fn serve(
         refusal::connack(info.level, codes)
     };
     if let Err(refused) = settings.access.admit(&info.client_id, info.username.as_deref(), password.as_deref()) {
-        let _ = client.write_all(&refuse(refused.reason, refused.reason, refused.codes)).await;
+        let _ = crate::io::write_out(&mut client, &refuse(refused.reason, refused.reason, refused.codes)).await;
         return;
     }
     drop(password);
 
     let Some(route) = listener.mqtt_route_for(&info.client_id, info.username.as_deref(), tls.sni.as_deref()) else {
-        let _ = client.write_all(&refuse("no route", "no_route", refusal::SERVER_UNAVAILABLE)).await;
+        let _ = crate::io::write_out(&mut client, &refuse("no route", "no_route", refusal::SERVER_UNAVAILABLE)).await;
         return;
     };
     if !listener.allows(Some(route), tls.peer.as_ref()) {
         listener.metrics.access_denied.inc("mqtt");
-        let _ = client.write_all(&refuse("identity not allowed", "identity_denied", refusal::NOT_AUTHORIZED)).await;
+        let _ = crate::io::write_out(
+            &mut client,
+            &refuse("identity not allowed", "identity_denied", refusal::NOT_AUTHORIZED),
+        )
+        .await;
         return;
     }
     let target = route.split.pick();
@@ -194,7 +198,9 @@ pub async fn serve(
         }
     }
     let Some((endpoint, mut upstream)) = connected else {
-        let _ = client.write_all(&refuse("no broker reachable", "no_broker", refusal::SERVER_UNAVAILABLE)).await;
+        let _ =
+            crate::io::write_out(&mut client, &refuse("no broker reachable", "no_broker", refusal::SERVER_UNAVAILABLE))
+                .await;
         return;
     };
     let _in_flight = InFlight::start(&endpoint);
@@ -268,7 +274,7 @@ pub async fn serve(
             _ => None,
         };
         if let (Some(reason), true) = (reason, info.is_v5()) {
-            let _ = client_write.write_all(&[0xe0, 0x02, reason, 0x00]).await;
+            let _ = crate::io::write_out(&mut client_write, &[0xe0, 0x02, reason, 0x00]).await;
         }
         ended
     };
@@ -399,21 +405,21 @@ where
             }
             // The packets before this one go as they are; this one is
             // dropped or replaced.
-            if let Err(error) = broker.write_all(&buf[..checked]).await {
+            if let Err(error) = crate::io::write_out(broker, &buf[..checked]).await {
                 return Ended::Io(error);
             }
             tally.bytes_rx += checked as u64;
             buf.advance(checked + len);
             checked = 0;
             if let Verdict::Replace(replacement) = verdict {
-                if let Err(error) = broker.write_all(&replacement).await {
+                if let Err(error) = crate::io::write_out(broker, &replacement).await {
                     return Ended::Io(error);
                 }
                 tally.bytes_rx += replacement.len() as u64;
             }
         };
         if checked > 0 {
-            if let Err(error) = broker.write_all(&buf[..checked]).await {
+            if let Err(error) = crate::io::write_out(broker, &buf[..checked]).await {
                 return Ended::Io(error);
             }
             tally.bytes_rx += checked as u64;
@@ -463,7 +469,7 @@ where
                         scanner = None;
                     }
                 }
-                if let Err(error) = client.write_all(&buffer).await {
+                if let Err(error) = crate::io::write_out(client, &buffer).await {
                     return Ended::Io(error);
                 }
                 *forwarded += n as u64;

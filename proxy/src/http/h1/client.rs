@@ -19,7 +19,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::chunked::ChunkedScanner;
 use crate::buffers;
@@ -73,7 +73,7 @@ pub async fn send(
         connection.start_request();
         let mut buf = buffers::bytes();
         let sent = async {
-            connection.write_all(&request_head).await.map_err(Sent::Io)?;
+            crate::io::write_out(&mut connection, &request_head).await.map_err(Sent::Io)?;
             if !replayable {
                 send_body(&mut connection, &mut body, framing).await?;
             }
@@ -159,15 +159,15 @@ async fn send_body(connection: &mut UpstreamStream, body: &mut ProxyBody, framin
         }
         if framing == Framing::Chunked {
             let size = format!("{:x}\r\n", data.len());
-            connection.write_all(size.as_bytes()).await.map_err(Sent::Io)?;
-            connection.write_all(&data).await.map_err(Sent::Io)?;
-            connection.write_all(b"\r\n").await.map_err(Sent::Io)?;
+            crate::io::write_out(connection, size.as_bytes()).await.map_err(Sent::Io)?;
+            crate::io::write_out(connection, &data).await.map_err(Sent::Io)?;
+            crate::io::write_out(connection, b"\r\n").await.map_err(Sent::Io)?;
         } else {
-            connection.write_all(&data).await.map_err(Sent::Io)?;
+            crate::io::write_out(connection, &data).await.map_err(Sent::Io)?;
         }
     }
     if framing == Framing::Chunked {
-        connection.write_all(b"0\r\n\r\n").await.map_err(Sent::Io)?;
+        crate::io::write_out(connection, b"0\r\n\r\n").await.map_err(Sent::Io)?;
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 use config_model::ClusterProtocol;
 use http::{StatusCode, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -605,7 +605,7 @@ impl Connection {
     }
 
     async fn write_client(&mut self, listener: &ListenerTable) -> Result<(), ExchangeError> {
-        self.stream.write_all(&self.out).await.map_err(|_| ExchangeError::DuringResponse)?;
+        crate::io::write_out(&mut self.stream, &self.out).await.map_err(|_| ExchangeError::DuringResponse)?;
         listener.metrics.bytes_tx.inc_by(self.out.len() as u64);
         Ok(())
     }
@@ -627,7 +627,7 @@ impl Connection {
         let head_request = self.head.is_head(&self.buf);
         write_local_reply(&mut self.out, &reply, head_request, close);
         self.record(table, listener, metrics, names, started, reply.status.as_u16(), Some(reply.reason));
-        if self.stream.write_all(&self.out).await.is_err() || close {
+        if crate::io::write_out(&mut self.stream, &self.out).await.is_err() || close {
             return Next::Close;
         }
         listener.metrics.bytes_tx.inc_by(self.out.len() as u64);
@@ -723,7 +723,7 @@ async fn until_client_leaves<F: std::future::Future>(
 
 /// Writes the request and reads until some response bytes arrive.
 async fn send_and_read_head(upstream: &mut UpstreamStream, request: &[u8], buf: &mut BytesMut) -> std::io::Result<()> {
-    upstream.write_all(request).await?;
+    crate::io::write_out(upstream, request).await?;
     buf.reserve(READ_CHUNK);
     if upstream.read_buf(buf).await? == 0 {
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before responding"));
