@@ -320,6 +320,7 @@ fn http_settings() -> HttpSettings {
         forwarded_for: ForwardedFor::Append,
         forwarded: false,
         max_concurrent_streams: 100,
+        redirect_https: None,
     }
 }
 

@@ -239,7 +239,7 @@ async fn passthrough(
     table: &RouteTable,
     listener: &ListenerTable,
 ) {
-    use crate::tls::client_hello::{peek, Peek, MAX_CLIENT_HELLO};
+    use crate::tls::client_hello::{peek, Peek, MAX_PEEK};
     use tokio::io::AsyncReadExt;
     let results = &listener.metrics.tls_handshakes;
     let deadline = tokio::time::Instant::now() + listener.detect_timeout;
@@ -252,14 +252,17 @@ async fn passthrough(
                 tracing::info!(listener = %listener.name, %client, why, "not a TLS ClientHello on a passthrough listener");
                 return;
             }
-            Peek::Incomplete if buffer.len() > MAX_CLIENT_HELLO + 64 => {
+            // `peek` decides by MAX_PEEK bytes; more is never needed.
+            Peek::Incomplete if buffer.len() >= MAX_PEEK => {
                 results.inc("not_tls");
                 return;
             }
             Peek::Incomplete => {}
         }
-        buffer.reserve(2048);
-        match tokio::time::timeout_at(deadline, tcp.read_buf(&mut buffer)).await {
+        buffer.reserve(2048.min(MAX_PEEK - buffer.len()));
+        match tokio::time::timeout_at(deadline, (&mut tcp).take((MAX_PEEK - buffer.len()) as u64).read_buf(&mut buffer))
+            .await
+        {
             Ok(Ok(0)) => {
                 results.inc("closed");
                 return;

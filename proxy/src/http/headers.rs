@@ -126,6 +126,7 @@ mod tests {
             forwarded_for,
             forwarded,
             max_concurrent_streams: 10,
+            redirect_https: None,
         }
     }
 

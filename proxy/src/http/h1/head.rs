@@ -575,6 +575,7 @@ mod tests {
             forwarded_for: ForwardedFor::Append,
             forwarded: true,
             max_concurrent_streams: 1,
+            redirect_https: None,
         };
         let edits = HeaderEdits {
             remove: vec![http::HeaderName::from_static("x-remove")],
