@@ -73,10 +73,11 @@ impl PeerIdentity {
             if i < self.spiffe {
                 return name.eq_ignore_ascii_case(entry);
             }
-            // `sa.ns` matches `sa.ns` and `sa.ns.<trust domain>`.
+            // `sa.ns` matches `sa.ns` and `sa.ns.<trust domain>`; a single
+            // label matches only itself (`sa` alone names no namespace).
             name.len() >= entry.len()
                 && name[..entry.len()].eq_ignore_ascii_case(entry)
-                && (name.len() == entry.len() || name.as_bytes()[entry.len()] == b'.')
+                && (name.len() == entry.len() || (entry.contains('.') && name.as_bytes()[entry.len()] == b'.'))
         })
     }
 }
