@@ -451,7 +451,7 @@ async fn plain_http_is_redirected_to_https() {
         ])
         .await;
         assert!(stdout(&output).starts_with("hello over tls\n"), "{}", stdout(&output));
-        assert_eq!(proxy.metric("edgeplane_http_local_replies_total", &[("reason", "https_redirect")]).await, Some(2.0));
+        assert_eq!(proxy.metric("edgeplane_http_local_replies_total", &[("listener", "plain"), ("reason", "https_redirect")]).await, Some(2.0));
     })
     .await;
 }
