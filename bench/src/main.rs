@@ -14,8 +14,11 @@ struct Cli {
     /// Scenarios to run (comma-separated), or `all`: http1-keepalive, http1-new-connection,
     /// http2-multiplexed, http1-to-http2-upstream, tcp-rr, tcp-bulk, fixed-rate-50, fixed-rate-80,
     /// reload-under-load, idle-connections, http1-keepalive-wrk, http2-multiplexed-h2load,
-    /// mqtt-qos0, mqtt-qos1, mqtt-fixed-rate-50, mqtt-idle. The MQTT scenarios need mosquitto
-    /// (apt-get install -y mosquitto) and are skipped without it.
+    /// mqtt-qos0, mqtt-qos1, mqtt-fixed-rate-50, mqtt-idle, tls-keepalive, tls-handshake,
+    /// sidecar-pair-max, mtls-sidecar-pair. The MQTT scenarios need mosquitto
+    /// (apt-get install -y mosquitto) and are skipped without it. The TLS scenarios run edgeplane,
+    /// nginx and HAProxy with one certificate made at the start (in the output's work/ directory);
+    /// the sidecar-pair ones run two edgeplane sidecars in a row, plaintext and mTLS between them.
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// Measured rounds per peer; peers take turns round by round.
@@ -106,7 +109,8 @@ fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let edgeplane = match cli.edgeplane {
-        Some(path) => path,
+        // Absolute: the peers are started in directories of their own.
+        Some(path) => std::path::absolute(path)?,
         None => default_edgeplane()?,
     };
     std::fs::create_dir_all(&cli.out)?;

@@ -188,9 +188,26 @@ impl Summary {
     }
 }
 
+/// What a scenario's throughput counts one of, for "CPU µs per ...":
+/// `req`, `msg`, `handshake`, `MB`.
+pub fn per_unit(unit: &str) -> &str {
+    match unit {
+        "handshakes/s" => "handshake",
+        unit => unit.strip_suffix("/s").unwrap_or("req"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_units() {
+        assert_eq!(per_unit("req/s"), "req");
+        assert_eq!(per_unit("msg/s"), "msg");
+        assert_eq!(per_unit("handshakes/s"), "handshake");
+        assert_eq!(per_unit("connections"), "req");
+    }
 
     #[test]
     fn spreads() {

@@ -91,6 +91,15 @@ pub fn usage(pid: u32) -> Usage {
     usage
 }
 
+/// [`usage`] of several process trees, added up (a pair of sidecars).
+pub fn usage_of(pids: &[u32]) -> Usage {
+    pids.iter().map(|pid| usage(*pid)).fold(Usage::default(), |sum, one| Usage {
+        cpu_seconds: sum.cpu_seconds + one.cpu_seconds,
+        rss_kib: sum.rss_kib + one.rss_kib,
+        peak_rss_kib: sum.peak_rss_kib + one.peak_rss_kib,
+    })
+}
+
 /// Descriptors open in `pid` and every process below it (nginx's workers
 /// hold the connections, not its master).
 pub fn open_files(pid: u32) -> usize {
@@ -150,6 +159,10 @@ mod tests {
         assert!(usage.rss_kib > 100, "{usage:?}");
         assert!(usage.peak_rss_kib >= usage.rss_kib, "{usage:?}");
         assert!(tree(me).contains(&me));
+        let twice = usage_of(&[me, me]);
+        // CPU time only grows: two later reads add up to at least twice the first.
+        assert!(twice.cpu_seconds >= 2.0 * usage.cpu_seconds, "{twice:?} {usage:?}");
+        assert_eq!(usage_of(&[]), Usage::default());
         // At least the file held here (other tests' threads open and close theirs).
         let _held = std::fs::File::open("/proc/self/stat").unwrap();
         assert!(open_files(me) >= 1);

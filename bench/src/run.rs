@@ -15,10 +15,12 @@ use crate::load::{self, LoadResult, LoadSpec};
 use crate::model::{
     Latency, PeerResult, Reloads, Report, Round, ScenarioResult, Settings, Skipped, Summary, SCHEMA_VERSION,
 };
-use crate::peers::{self, Peer, Topology, Wire};
+use crate::pair;
+use crate::peers::{self, Launch, Peer, Topology, Wire};
 use crate::procstat::{self, Usage};
-use crate::scenario::{Mode, Scenario, Tool};
+use crate::scenario::{Mode, Scenario, Tls, Tool};
 use crate::threads::LoadThreads;
+use crate::tls::{self, TlsClient};
 use crate::upstream::{Upstream, UpstreamKind};
 
 /// Everything a run is told.
@@ -71,12 +73,27 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<
         names.insert(0, "http1-keepalive".into());
     }
     order_rate_sources(&mut names);
+    let needs_tls = names.iter().filter_map(|name| Scenario::by_name(name)).any(|s| s.tls != Tls::Off);
+    let material = if needs_tls {
+        // One certificate and key for every peer, and the mesh identities.
+        let material = tls::Material::generate(&options.work_dir).context("generating the TLS certificates")?;
+        progress(&format!(
+            "   TLS: ECDSA P-256 certificate for {} in {}, mesh CA and identities in {}",
+            tls::SERVER_NAME,
+            material.server.cert.display(),
+            material.mesh.ca.parent().unwrap_or(Path::new("")).display()
+        ));
+        Some(material)
+    } else {
+        None
+    };
     let mut rates = Rates::default();
     let mut scenarios = Vec::new();
     for name in &names {
         let scenario = Scenario::by_name(name).with_context(|| format!("unknown scenario {name:?}"))?;
         progress(&format!("== {} ({})", scenario.name, scenario.description));
-        let result = run_scenario(options, &threads, &scenario, &found, &missing, &rates, progress)?;
+        let shared = Shared { options, threads: &threads, peers: &found, missing: &missing, rates: &rates };
+        let result = run_scenario(&shared, &scenario, material.as_ref(), progress)?;
         for peer in &result.peers {
             if scenario.name == "http1-keepalive" {
                 rates.maxima.insert(peer.peer.clone(), peer.summary.throughput.median);
@@ -84,6 +101,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<
             if peer.peer == "direct" {
                 rates.direct.insert(scenario.name, peer.summary.throughput.median);
             }
+            rates.by_peer.insert((scenario.name, peer.peer.clone()), peer.summary.throughput.median);
         }
         scenarios.push(result);
     }
@@ -115,14 +133,26 @@ struct Rates {
     maxima: HashMap<String, f64>,
     /// The direct baseline's median, by scenario.
     direct: HashMap<&'static str, f64>,
+    /// Every target's median, by scenario and target.
+    by_peer: HashMap<(&'static str, String), f64>,
 }
 
-/// Puts the scenario each `FractionOfDirect` scenario takes its rate from
-/// before it, adding it when it was not asked for.
+/// What every scenario of a run shares.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    options: &'a Options,
+    threads: &'a LoadThreads,
+    peers: &'a [Box<dyn Peer>],
+    missing: &'a [Skipped],
+    rates: &'a Rates,
+}
+
+/// Puts the scenario each `FractionOfDirect` or `FractionOfPeer` scenario
+/// takes its rate from before it, adding it when it was not asked for.
 fn order_rate_sources(names: &mut Vec<String>) {
     let mut at = 0;
     while at < names.len() {
-        if let Some(Mode::FractionOfDirect { of, .. }) = Scenario::by_name(&names[at]).map(|s| s.mode) {
+        if let Some(of) = Scenario::by_name(&names[at]).and_then(|s| s.rate_source()) {
             match names.iter().position(|n| n == of) {
                 Some(source) if source < at => {}
                 Some(source) => {
@@ -140,24 +170,33 @@ fn order_rate_sources(names: &mut Vec<String>) {
     }
 }
 
-/// Something load is sent to: the upstream itself, or a running peer.
+/// Something load is sent to: the upstream itself, a running peer, or a
+/// pair of sidecars.
 struct Target {
     name: String,
     version: Option<String>,
     addr: SocketAddr,
-    process: Option<Running>,
-    /// The process whose CPU and memory are measured: the peer's; for
-    /// `direct`, the broker's in `mqtt-idle`, else none.
-    pid: Option<u32>,
-    /// Its resident memory, KiB, and open descriptors, just after it started.
+    /// The peer's process (a sidecar pair: both, inbound first).
+    processes: Vec<Running>,
+    /// The processes whose CPU and memory are measured (added up): the
+    /// peer's; for `direct`, the broker's in `mqtt-idle`, else none.
+    pids: Vec<u32>,
+    /// The first one's resident memory, KiB, and open descriptors, just after it started.
     baseline: Option<(u64, usize)>,
+    /// TLS scenarios: the client the load connects with.
+    tls: Option<TlsClient>,
     rounds: Vec<Round>,
 }
 
 impl Target {
-    fn new(name: &str, version: Option<String>, addr: SocketAddr, process: Option<Running>, pid: Option<u32>) -> Self {
-        let baseline = pid.map(|pid| (procstat::usage(pid).rss_kib, procstat::open_files(pid)));
-        Target { name: name.into(), version, addr, process, pid, baseline, rounds: Vec::new() }
+    fn new(name: &str, version: Option<String>, addr: SocketAddr, processes: Vec<Running>, pids: Vec<u32>) -> Self {
+        let baseline = pids.first().map(|&pid| (procstat::usage(pid).rss_kib, procstat::open_files(pid)));
+        Target { name: name.into(), version, addr, processes, pids, baseline, tls: None, rounds: Vec::new() }
+    }
+
+    /// The (first) measured process.
+    fn pid(&self) -> Option<u32> {
+        self.pids.first().copied()
     }
 }
 
@@ -282,14 +321,12 @@ impl Drop for Running {
 }
 
 fn run_scenario(
-    options: &Options,
-    threads: &LoadThreads,
+    shared: &Shared<'_>,
     scenario: &Scenario,
-    peers: &[Box<dyn Peer>],
-    missing: &[Skipped],
-    rates: &Rates,
+    material: Option<&tls::Material>,
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<ScenarioResult> {
+    let Shared { options, threads, peers, missing, rates } = *shared;
     let skipped_by_all = |reason: String, progress: &mut dyn FnMut(&str)| {
         progress(&format!("   skipped: {reason}"));
         let mut skipped: Vec<Skipped> = vec![skip("direct", &reason)];
@@ -356,8 +393,20 @@ fn run_scenario(
         (Mode::IdleConnections, _) => {
             skipped.push(skip("direct", "no proxy: nothing to measure"));
         }
+        _ if matches!(scenario.tls, Tls::Terminate { .. }) => {
+            skipped.push(skip("direct", "no proxy, no TLS: the upstream speaks plaintext HTTP/1.1 only"));
+        }
         _ => {}
     }
+    // TLS scenarios: what the peers serve and what the load connects with.
+    let (server_files, tls_client) = match (scenario.tls, material) {
+        (Tls::Off, _) => (None, None),
+        (Tls::Terminate { resume }, Some(material)) => {
+            (Some(material.server.clone()), Some(TlsClient::new(&material.server_cert, resume)?))
+        }
+        (Tls::SidecarPair, Some(_)) => (None, None),
+        (_, None) => bail!("{}: no TLS certificates were generated", scenario.name),
+    };
     // The direct baseline talks to an upstream that speaks the clients'
     // protocol: the proxies' own upstream when that is the same, else one
     // of its own (an HTTP/2 upstream for HTTP/2 clients, say).
@@ -373,16 +422,28 @@ fn run_scenario(
             Some(threads.run(0, async move { Upstream::start(direct_kind, payload).await })??)
         };
     let direct_runs = match scenario.mode {
-        Mode::Max | Mode::FractionOfMax(_) | Mode::FractionOfDirect { .. } | Mode::External(_) => true,
+        _ if matches!(scenario.tls, Tls::Terminate { .. }) => false,
+        Mode::Max
+        | Mode::FractionOfMax(_)
+        | Mode::FractionOfDirect { .. }
+        | Mode::FractionOfPeer { .. }
+        | Mode::External(_) => true,
         Mode::IdleConnections => scenario.downstream == Wire::Mqtt,
         Mode::ReloadUnderLoad => false,
     };
     if direct_runs {
         let addr = direct_upstream.as_ref().map_or(backend.addr(), Upstream::addr);
         let pid = if scenario.mode == Mode::IdleConnections { backend.broker_pid() } else { None };
-        targets.push(Target::new("direct", None, addr, None, pid));
+        targets.push(Target::new("direct", None, addr, Vec::new(), pid.into_iter().collect()));
+    }
+    if scenario.tls == Tls::SidecarPair {
+        let mesh = material.map(|m| m.mesh.clone());
+        start_pairs(shared, backend.addr(), mesh, scenario, &mut targets, &mut skipped, progress)?;
     }
     for peer in peers {
+        if scenario.tls == Tls::SidecarPair {
+            break;
+        }
         if scenario.mode == Mode::ReloadUnderLoad && peer.name() != "edgeplane" {
             skipped.push(skip(peer.name(), "reload-under-load exercises edgeplane's own config reloads"));
             continue;
@@ -395,6 +456,7 @@ fn run_scenario(
             threads: options.proxy_threads,
             admin: free_port()?,
             clients,
+            tls: server_files.clone(),
         };
         if let Err(reason) = peer.supports(&topology) {
             skipped.push(skip(peer.name(), &reason));
@@ -404,8 +466,18 @@ fn run_scenario(
         match start_peer(peer.as_ref(), topology, &dir, &options.proxy_cpus, &options.load_cpus) {
             Ok(running) => {
                 let (addr, pid) = (running.topology.listen, running.child.id());
+                if let Some(client) = &tls_client {
+                    if let Err(reason) = check_tls(threads, addr, client) {
+                        progress(&format!("   {}: {reason}", peer.name()));
+                        skipped.push(skip(peer.name(), &reason));
+                        continue;
+                    }
+                    progress(&format!("   {}: {}", peer.name(), tls_summary(client)));
+                }
                 let version = peers::version(peer.program(), peer.name());
-                targets.push(Target::new(peer.name(), version, addr, Some(running), Some(pid)));
+                let mut target = Target::new(peer.name(), version, addr, vec![running], vec![pid]);
+                target.tls = tls_client.clone();
+                targets.push(target);
             }
             Err(error) => skipped.push(skip(peer.name(), &format!("did not start: {error:#}"))),
         }
@@ -425,6 +497,13 @@ fn run_scenario(
                     Some(max) if *max > 0.0 => Some(max * fraction),
                     _ => {
                         progress(&format!("   {}: no direct {of} figure to set the rate from; skipped", target.name));
+                        continue;
+                    }
+                },
+                Mode::FractionOfPeer { fraction, of, peer } => match rates.by_peer.get(&(of, peer.to_owned())) {
+                    Some(max) if *max > 0.0 => Some(max * fraction),
+                    _ => {
+                        progress(&format!("   {}: no {peer} {of} figure to set the rate from; skipped", target.name));
                         continue;
                     }
                 },
@@ -471,9 +550,101 @@ fn run_scenario(
     })
 }
 
-/// What CPU time is counted per: `req`, `msg`.
+/// What CPU time is counted per: `req`, `msg`, `handshake`.
 fn per(unit: &str) -> &str {
-    unit.strip_suffix("/s").unwrap_or("op")
+    crate::model::per_unit(unit)
+}
+
+/// One TLS connection and request to a started peer: `Err(reason)` when it
+/// fails or negotiates anything but the handshake every peer must make.
+fn check_tls(threads: &LoadThreads, addr: SocketAddr, client: &TlsClient) -> Result<(), String> {
+    let client = client.clone();
+    let negotiated = threads
+        .run(0, async move { tls::probe(addr, &client).await })
+        .map_err(|error| error.to_string())?
+        .map_err(|error| format!("TLS check failed: {error:#}"))?;
+    negotiated.check()
+}
+
+fn tls_summary(client: &TlsClient) -> String {
+    format!(
+        "TLS checked: TLSv1_3, {}, {}, ALPN {}, SNI {}{}",
+        tls::CIPHER_SUITE,
+        tls::KX_GROUP,
+        tls::ALPN,
+        tls::SERVER_NAME,
+        if client.resumes() { "" } else { ", no resumption" }
+    )
+}
+
+/// The sidecar-pair scenarios' targets: the plaintext pair and the mTLS
+/// pair of edgeplane sidecars in front of `upstream` ([`crate::pair`]).
+/// Every other peer is skipped. The mTLS pair's inbound sidecar is checked
+/// to require mesh client certificates before it is measured.
+fn start_pairs(
+    shared: &Shared<'_>,
+    upstream: SocketAddr,
+    mesh: Option<tls::MeshFiles>,
+    scenario: &Scenario,
+    targets: &mut Vec<Target>,
+    skipped: &mut Vec<Skipped>,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<()> {
+    let Shared { options, threads, peers, .. } = *shared;
+    let mut edgeplane = None;
+    for peer in peers {
+        if peer.name() == "edgeplane" {
+            edgeplane = Some(peers::edgeplane::Edgeplane::new(peer.program().to_owned()));
+        } else {
+            skipped.push(skip(peer.name(), "the sidecar pair is two edgeplane processes"));
+        }
+    }
+    let Some(edgeplane) = edgeplane else {
+        for name in [pair::PLAIN, pair::MTLS] {
+            skipped.push(skip(name, "edgeplane is not among the peers run (--only)"));
+        }
+        return Ok(());
+    };
+    let version = peers::version(edgeplane.program(), "edgeplane");
+    for (name, mesh) in [(pair::PLAIN, None), (pair::MTLS, mesh.clone())] {
+        if name == pair::MTLS && mesh.is_none() {
+            skipped.push(skip(name, "no mesh certificates were generated"));
+            continue;
+        }
+        let addrs = [free_port()?, free_port()?, free_port()?, free_port()?];
+        let sidecars = pair::Sidecars::new(addrs, upstream, options.proxy_threads, mesh.clone());
+        let dir = options.work_dir.join(scenario.name).join(name);
+        let mut processes = Vec::new();
+        let mut failure = None;
+        for (topology, launch) in sidecars.launches(&edgeplane, &dir) {
+            let sidecar_dir = launch.files[0].0.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.clone());
+            match start_launch(&launch, topology, &sidecar_dir, &options.proxy_cpus, &options.load_cpus) {
+                Ok(running) => processes.push(running),
+                Err(error) => {
+                    failure = Some(format!("did not start: {error:#}"));
+                    break;
+                }
+            }
+        }
+        if let (None, Some(mesh)) = (&failure, mesh) {
+            let inbound = sidecars.inbound.listen;
+            match threads.run(0, async move { tls::check_mesh_inbound(inbound, &mesh).await })? {
+                Ok(()) => progress(&format!(
+                    "   {name}: mTLS checked: the inbound sidecar serves {} and requires a mesh client certificate",
+                    tls::INBOUND_IDENTITY
+                )),
+                Err(error) => failure = Some(format!("not mTLS between the sidecars: {error:#}")),
+            }
+        }
+        if let Some(reason) = failure {
+            progress(&format!("   {name}: {reason}"));
+            skipped.push(skip(name, &reason));
+            continue;
+        }
+        let pids = processes.iter().map(|running| running.child.id()).collect();
+        targets.push(Target::new(name, version.clone(), sidecars.outbound.listen, processes, pids));
+    }
+    Ok(())
 }
 
 /// After an idle-connection round: waits until the peer and the broker have
@@ -484,10 +655,10 @@ fn settle(target: &Target, backend: &Backend, progress: &mut dyn FnMut(&str)) {
     // A few descriptors come and go on their own (log files, timers).
     const SLACK: usize = 16;
     let mut watched: Vec<(u32, usize)> = Vec::new();
-    if let (Some(pid), Some((_, fds))) = (target.pid, target.baseline) {
+    if let (Some(pid), Some((_, fds))) = (target.pid(), target.baseline) {
         watched.push((pid, fds));
     }
-    if let Some(broker) = backend.broker().filter(|(pid, _)| Some(*pid) != target.pid) {
+    if let Some(broker) = backend.broker().filter(|(pid, _)| Some(*pid) != target.pid()) {
         watched.push(broker);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -530,6 +701,18 @@ fn start_peer(
 ) -> anyhow::Result<Running> {
     std::fs::create_dir_all(dir)?;
     let launch = peer.launch(&topology, dir);
+    start_launch(&launch, topology, dir, proxy_cpus, load_cpus)
+}
+
+/// [`start_peer`] for a launch made already.
+fn start_launch(
+    launch: &Launch,
+    topology: Topology,
+    dir: &Path,
+    proxy_cpus: &[usize],
+    load_cpus: &[usize],
+) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(dir)?;
     for (path, contents) in &launch.files {
         std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -580,7 +763,7 @@ fn measure(
     target: &Target,
     rate: Option<f64>,
 ) -> anyhow::Result<Round> {
-    let pid = target.pid;
+    let pid = target.pid();
     if scenario.mode == Mode::IdleConnections {
         let (addr, baseline) = (target.addr, target.baseline.map(|(rss, _)| rss));
         return if scenario.downstream == Wire::Mqtt {
@@ -594,7 +777,7 @@ fn measure(
         };
     }
     if let Mode::External(tool) = scenario.mode {
-        return external_round(options, tool, target.addr, pid);
+        return external_round(options, tool, target.addr, &target.pids);
     }
     let spec = LoadSpec {
         target: target.addr,
@@ -603,18 +786,20 @@ fn measure(
         warmup: options.warmup,
         duration: options.duration,
         rate,
+        tls: target.tls.clone(),
     };
     let window = spec.window();
-    let reloads = match (&scenario.mode, &target.process) {
+    let reloads = match (&scenario.mode, target.processes.first()) {
         (Mode::ReloadUnderLoad, Some(running)) => Some(reload_loop(threads, running, window)),
         _ => None,
     };
-    let usage = pid.map(|pid| {
+    let pids = target.pids.clone();
+    let usage = (!pids.is_empty()).then(|| {
         threads.spawn(0, async move {
             tokio::time::sleep_until(window.start).await;
-            let before = procstat::usage(pid);
+            let before = procstat::usage_of(&pids);
             tokio::time::sleep_until(window.end).await;
-            (before, procstat::usage(pid))
+            (before, procstat::usage_of(&pids))
         })
     });
     // The connections (and an open-loop rate) are shared out over the load threads.
@@ -660,15 +845,15 @@ fn measure(
 }
 
 /// One round with wrk or h2load as the load generator.
-fn external_round(options: &Options, tool: Tool, addr: SocketAddr, pid: Option<u32>) -> anyhow::Result<Round> {
+fn external_round(options: &Options, tool: Tool, addr: SocketAddr, pids: &[u32]) -> anyhow::Result<Round> {
     let threads = options.load_cpus.len().max(1);
     let (connections, streams) = (options.connections, options.streams);
     if !options.warmup.is_zero() {
         crate::external::run(tool, addr, connections, streams, threads, options.warmup)?;
     }
-    let before = pid.map(procstat::usage).unwrap_or_default();
+    let before = procstat::usage_of(pids);
     let run = crate::external::run(tool, addr, connections, streams, threads, options.duration)?;
-    let after = pid.map(procstat::usage).unwrap_or_default();
+    let after = procstat::usage_of(pids);
     let cpu_seconds = after.cpu_seconds - before.cpu_seconds;
     Ok(Round {
         throughput: run.requests_per_second,
@@ -677,7 +862,7 @@ fn external_round(options: &Options, tool: Tool, addr: SocketAddr, pid: Option<u
         offered_rate: None,
         latency: run.latency,
         cpu_seconds,
-        cpu_us_per_request: (pid.is_some() && run.completed > 0).then(|| cpu_seconds * 1e6 / run.completed as f64),
+        cpu_us_per_request: (!pids.is_empty() && run.completed > 0).then(|| cpu_seconds * 1e6 / run.completed as f64),
         rss_kib: after.rss_kib,
         peak_rss_kib: after.peak_rss_kib,
         reloads: None,

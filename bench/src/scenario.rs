@@ -16,6 +16,9 @@ pub enum Mode {
     /// scenario `of` (run first), the same rate for every peer: the added
     /// latency at one load is then comparable across peers.
     FractionOfDirect { fraction: f64, of: &'static str },
+    /// Open-loop load at `fraction` of `peer`'s median in scenario `of` (run
+    /// first), the same rate for every target.
+    FractionOfPeer { fraction: f64, of: &'static str, peer: &'static str },
     /// Closed-loop load while edgeplane's config is swapped continuously.
     ReloadUnderLoad,
     /// Idle connections held open (HTTP keep-alive, or MQTT after CONNACK);
@@ -49,6 +52,21 @@ impl Tool {
     }
 }
 
+/// Where TLS is in a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// Plaintext everywhere.
+    Off,
+    /// Clients speak TLS (1.3, ALPN `http/1.1`) to each peer, which
+    /// terminates it; plaintext upstream. `resume`: whether the client
+    /// resumes sessions (no: every connection is a full handshake).
+    Terminate { resume: bool },
+    /// No peers: two edgeplane sidecars in a row (client → outbound →
+    /// inbound → upstream), once with plaintext and once with mTLS between
+    /// them (see [`crate::pair`]), and `direct` for reference.
+    SidecarPair,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scenario {
     pub name: &'static str,
@@ -57,11 +75,12 @@ pub struct Scenario {
     pub upstream: Wire,
     pub upstream_kind: UpstreamKind,
     pub mode: Mode,
-    /// `req/s`, `MB/s`, `msg/s` or `connections`.
+    /// `req/s`, `MB/s`, `msg/s`, `handshakes/s` or `connections`.
     pub unit: &'static str,
+    pub tls: Tls,
 }
 
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 20] = [
     "http1-keepalive",
     "http1-new-connection",
     "http2-multiplexed",
@@ -78,6 +97,10 @@ pub const ALL: [&str; 16] = [
     "mqtt-qos1",
     "mqtt-fixed-rate-50",
     "mqtt-idle",
+    "tls-keepalive",
+    "tls-handshake",
+    "sidecar-pair-max",
+    "mtls-sidecar-pair",
 ];
 
 /// Messages each MQTT publisher/subscriber pair may have in flight end to
@@ -99,6 +122,7 @@ impl Scenario {
             upstream_kind,
             mode,
             unit: "req/s",
+            tls: Tls::Off,
         };
         Some(match name {
             "http1-keepalive" => http(
@@ -252,8 +276,65 @@ impl Scenario {
                     Mode::IdleConnections,
                 )
             },
+            "tls-keepalive" => Scenario {
+                tls: Tls::Terminate { resume: true },
+                ..http(
+                    "tls-keepalive",
+                    "HTTPS/1.1 keep-alive, closed loop: TLS 1.3 (TLS13_AES_128_GCM_SHA256, X25519, ECDSA P-256 \
+                     certificate, ALPN http/1.1) terminated by the proxy, plaintext HTTP/1.1 upstream",
+                    Wire::Http1,
+                    Wire::Http1,
+                    UpstreamKind::Http1,
+                    Mode::Max,
+                )
+            },
+            "tls-handshake" => Scenario {
+                unit: "handshakes/s",
+                tls: Tls::Terminate { resume: false },
+                ..http(
+                    "tls-handshake",
+                    "A new TLS 1.3 connection for every request, closed loop: a full handshake (X25519, ECDSA \
+                     P-256; the client never resumes a session), one GET with connection: close",
+                    Wire::Http1,
+                    Wire::Http1,
+                    UpstreamKind::Http1,
+                    Mode::Max,
+                )
+            },
+            "sidecar-pair-max" => Scenario {
+                tls: Tls::SidecarPair,
+                ..http(
+                    "sidecar-pair-max",
+                    "Two edgeplane sidecars in a row (client → outbound → inbound → upstream, HTTP/1.1 keep-alive, \
+                     both on the proxy CPUs), closed loop: plaintext between them, and mTLS with mesh identities",
+                    Wire::Http1,
+                    Wire::Http1,
+                    UpstreamKind::Http1,
+                    Mode::Max,
+                )
+            },
+            "mtls-sidecar-pair" => Scenario {
+                tls: Tls::SidecarPair,
+                ..http(
+                    "mtls-sidecar-pair",
+                    "The sidecar pair, open loop at 50% of the plaintext pair's sidecar-pair-max median, the same \
+                     rate for the plaintext pair, the mTLS pair and direct; latency from the intended send time",
+                    Wire::Http1,
+                    Wire::Http1,
+                    UpstreamKind::Http1,
+                    Mode::FractionOfPeer { fraction: 0.5, of: "sidecar-pair-max", peer: crate::pair::PLAIN },
+                )
+            },
             _ => return None,
         })
+    }
+
+    /// The scenario whose figures this one's rate is set from, if any.
+    pub fn rate_source(&self) -> Option<&'static str> {
+        match self.mode {
+            Mode::FractionOfDirect { of, .. } | Mode::FractionOfPeer { of, .. } => Some(of),
+            _ => None,
+        }
     }
 
     /// The load each connection generates in this scenario.
@@ -261,7 +342,7 @@ impl Scenario {
         match (self.name, self.downstream) {
             ("mqtt-qos1", _) => Workload::Mqtt { qos: 1, window: MQTT_WINDOW, payload: payload.max(MQTT_MIN_PAYLOAD) },
             (_, Wire::Mqtt) => Workload::Mqtt { qos: 0, window: MQTT_WINDOW, payload: payload.max(MQTT_MIN_PAYLOAD) },
-            ("http1-new-connection", _) => Workload::Http1NewConnection,
+            ("http1-new-connection" | "tls-handshake", _) => Workload::Http1NewConnection,
             ("tcp-bulk", _) => Workload::TcpBulk,
             (_, Wire::Tcp) => Workload::TcpRequestResponse { size: payload.max(1) },
             (_, Wire::Http2) => Workload::Http2 { streams },
@@ -293,5 +374,13 @@ mod tests {
             Workload::Mqtt { qos: 0, window: MQTT_WINDOW, payload: MQTT_MIN_PAYLOAD }
         );
         assert_eq!(Scenario::by_name("mqtt-idle").unwrap().unit, "connections");
+        assert_eq!(Scenario::by_name("tls-handshake").unwrap().workload(8, 64), Workload::Http1NewConnection);
+        assert_eq!(Scenario::by_name("tls-keepalive").unwrap().workload(8, 64), Workload::Http1KeepAlive);
+        assert_eq!(Scenario::by_name("tls-handshake").unwrap().tls, Tls::Terminate { resume: false });
+        assert_eq!(Scenario::by_name("http1-keepalive").unwrap().tls, Tls::Off);
+        let pair = Scenario::by_name("mtls-sidecar-pair").unwrap();
+        assert_eq!(pair.rate_source(), Some("sidecar-pair-max"));
+        assert_eq!(Scenario::by_name(pair.rate_source().unwrap()).unwrap().tls, Tls::SidecarPair);
+        assert_eq!(Scenario::by_name("mqtt-fixed-rate-50").unwrap().rate_source(), Some("mqtt-qos0"));
     }
 }

@@ -4,46 +4,21 @@
 //! install it.
 
 use std::collections::HashMap;
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use edgeplane_tests::harness::{cluster, guard, TestProxy};
 use edgeplane_tests::upstream::{HttpProto, HttpUpstream};
 use serde_json::Value;
-use tokio::process::Command;
+use edgeplane_tests::tools::args;
 
 const INSTALL: &str = "apt-get install -y curl nghttp2-client";
-/// Hang guard for one run of an external program (it is killed then).
-const TOOL_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// Fails the test if `program` cannot be run.
 async fn require(program: &str) {
-    let probe = Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().await;
-    match probe {
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            panic!("`{program}` is not installed, and this test needs it. Install it with: {INSTALL}")
-        }
-        Err(error) => panic!("cannot run `{program}`: {error}. Install it with: {INSTALL}"),
-    }
+    edgeplane_tests::tools::require(program, INSTALL).await
 }
 
-/// Runs `program args…` to completion (killed after [`TOOL_TIMEOUT`]).
 async fn run(program: &str, args: &[String]) -> Output {
-    require(program).await;
-    let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
-    let started = Instant::now();
-    let output = tokio::time::timeout(TOOL_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("`{program} {}` hung for {TOOL_TIMEOUT:?}", args.join(" ")))
-        .unwrap_or_else(|e| panic!("cannot run `{program}`: {e}"));
-    println!("{program} {args:?} ({:?}): {}", started.elapsed(), output.status);
-    output
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
+    edgeplane_tests::tools::run(program, args, INSTALL).await
 }
 
 /// A proxy with listener `web` sending everything to `upstream`.

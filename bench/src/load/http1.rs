@@ -1,28 +1,87 @@
 //! HTTP/1.1 load: a minimal client (one fixed request, responses framed by
 //! Content-Length or chunked encoding) so the generator stays far cheaper
-//! than anything it measures.
+//! than anything it measures. Plaintext, or over TLS with the shared
+//! [`TlsClient`] (the TLS scenarios).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{finished, next_send, record, LoadResult, Pacer, Window};
+use crate::tls::TlsClient;
 
 const KEEP_ALIVE_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: bench.local\r\nuser-agent: edgeplane-bench\r\n\r\n";
 const CLOSE_REQUEST: &[u8] =
     b"GET / HTTP/1.1\r\nhost: bench.local\r\nuser-agent: edgeplane-bench\r\nconnection: close\r\n\r\n";
 
-pub async fn keep_alive(target: SocketAddr, window: Window, mut pacer: Option<Pacer>) -> LoadResult {
+pub async fn keep_alive(
+    target: SocketAddr,
+    tls: Option<TlsClient>,
+    window: Window,
+    pacer: Option<Pacer>,
+) -> LoadResult {
+    match tls {
+        None => keep_alive_on(Plain(target), window, pacer).await,
+        Some(client) => keep_alive_on(Tls { target, client }, window, pacer).await,
+    }
+}
+
+pub async fn new_connections(
+    target: SocketAddr,
+    tls: Option<TlsClient>,
+    window: Window,
+    pacer: Option<Pacer>,
+) -> LoadResult {
+    match tls {
+        None => new_connections_on(Plain(target), window, pacer).await,
+        Some(client) => new_connections_on(Tls { target, client }, window, pacer).await,
+    }
+}
+
+/// How a connection to the target is opened: plain TCP or TLS over it.
+/// Each load function is compiled once per kind, so the plaintext path has
+/// no TLS branch in it.
+trait Connect {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send;
+    fn connect(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+struct Plain(SocketAddr);
+
+impl Connect for Plain {
+    type Stream = TcpStream;
+    async fn connect(&self) -> io::Result<TcpStream> {
+        connect(self.0).await
+    }
+}
+
+/// A TCP connection and a full TLS handshake (or a resumption, when the
+/// client resumes).
+struct Tls {
+    target: SocketAddr,
+    client: TlsClient,
+}
+
+impl Connect for Tls {
+    type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+    async fn connect(&self) -> io::Result<Self::Stream> {
+        let tcp = connect(self.target).await?;
+        self.client.handshake(tcp).await
+    }
+}
+
+async fn keep_alive_on<C: Connect>(connector: C, window: Window, mut pacer: Option<Pacer>) -> LoadResult {
     let mut result = LoadResult::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut stream = None;
     while let Some(sent) = next_send(&mut pacer, &window).await {
         if stream.is_none() {
-            match connect(target).await {
+            match connector.connect().await {
                 Ok(connected) => {
                     buf.clear();
                     stream = Some(connected);
@@ -54,12 +113,12 @@ pub async fn keep_alive(target: SocketAddr, window: Window, mut pacer: Option<Pa
     result
 }
 
-pub async fn new_connections(target: SocketAddr, window: Window, mut pacer: Option<Pacer>) -> LoadResult {
+async fn new_connections_on<C: Connect>(connector: C, window: Window, mut pacer: Option<Pacer>) -> LoadResult {
     let mut result = LoadResult::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     while let Some(sent) = next_send(&mut pacer, &window).await {
         buf.clear();
-        let outcome = match connect(target).await {
+        let outcome = match connector.connect().await {
             Ok(mut stream) => exchange(&mut stream, CLOSE_REQUEST, &mut buf).await,
             Err(error) => Err(error),
         };
@@ -94,8 +153,13 @@ pub struct Response {
 }
 
 /// Writes the request and reads one whole response.
-pub async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut BytesMut) -> io::Result<Response> {
+pub async fn exchange<S>(stream: &mut S, request: &[u8], buf: &mut BytesMut) -> io::Result<Response>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     stream.write_all(request).await?;
+    // A no-op on a socket; TLS may still hold records back.
+    stream.flush().await?;
     loop {
         if let Some((consumed, response)) = parse(buf)? {
             buf.advance(consumed);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::histogram::Latencies;
+use crate::tls::TlsClient;
 
 pub use http1::{exchange as http1_exchange, Response as Http1Response};
 pub use mqtt::MIN_PAYLOAD as MQTT_MIN_PAYLOAD;
@@ -57,6 +58,8 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Open loop: requests per second over all connections. `None`: closed loop.
     pub rate: Option<f64>,
+    /// HTTP/1.1 workloads over TLS with this client; `None`: plaintext.
+    pub tls: Option<TlsClient>,
 }
 
 /// What a load run measured (inside the measurement window only).
@@ -188,8 +191,8 @@ pub async fn run(spec: &LoadSpec, window: Window) -> LoadResult {
         });
         tasks.push(tokio::spawn(async move {
             match spec.workload {
-                Workload::Http1KeepAlive => http1::keep_alive(spec.target, window, pacer).await,
-                Workload::Http1NewConnection => http1::new_connections(spec.target, window, pacer).await,
+                Workload::Http1KeepAlive => http1::keep_alive(spec.target, spec.tls, window, pacer).await,
+                Workload::Http1NewConnection => http1::new_connections(spec.target, spec.tls, window, pacer).await,
                 Workload::Http2 { streams } => http2::connection(spec.target, streams, window, pacer).await,
                 Workload::TcpRequestResponse { size } => tcp::request_response(spec.target, size, window, pacer).await,
                 Workload::TcpBulk => tcp::bulk(spec.target, window).await,

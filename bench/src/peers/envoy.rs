@@ -162,7 +162,11 @@ impl Peer for Envoy {
     }
 
     fn supports(&self, topology: &Topology) -> Result<(), String> {
-        check_sides(topology)
+        check_sides(topology)?;
+        if topology.tls.is_some() {
+            return Err("the harness writes no TLS config for Envoy (TLS peers: edgeplane, nginx, HAProxy)".into());
+        }
+        Ok(())
     }
 
     fn launch(&self, topology: &Topology, dir: &Path) -> Launch {
@@ -184,6 +188,12 @@ impl Peer for Envoy {
 mod tests {
     use super::super::test_support::*;
     use super::*;
+
+    #[test]
+    fn tls_is_refused() {
+        let reason = Envoy::new("envoy".into()).supports(&tls_topology(&fake_tls_files())).unwrap_err();
+        assert!(reason.contains("no TLS config"), "{reason}");
+    }
 
     /// The YAML as Envoy would read it, back as a JSON value.
     fn parse(yaml: &str) -> Value {

@@ -7,14 +7,20 @@
 //! descriptors than it may open). HTTP: `mode http`, client keep-alive,
 //! server connections shared between clients (`http-reuse always`), `proto h2`
 //! on the `bind` line for HTTP/2 clients and on the `server` line for an
-//! HTTP/2 upstream. TCP and MQTT: `mode tcp`. HAProxy writes no file: nothing needs a
+//! HTTP/2 upstream. TLS (the TLS scenarios): `ssl crt` on the `bind` line
+//! with the shared certificate and key, `alpn http/1.1`, `ssl-min-ver
+//! TLSv1.3`. TCP and MQTT: `mode tcp`. HAProxy writes no file: nothing needs a
 //! path.
 
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use super::{
-    check_sides, open_files_limit, Launch, Peer, Topology, Wire, H2_MAX_CONCURRENT_STREAMS, IDLE_TIMEOUT_SECS,
+    check_sides, open_files_limit, run_briefly, Launch, Peer, Topology, Wire, H2_MAX_CONCURRENT_STREAMS,
+    IDLE_TIMEOUT_SECS,
 };
+use crate::tls::ALPN;
 
 /// The config file's name inside the scenario's directory.
 pub const CONFIG_FILE: &str = "haproxy.cfg";
@@ -29,12 +35,30 @@ const MAXCONN_SLACK: u64 = 1_000;
 
 pub struct Haproxy {
     program: PathBuf,
+    /// Built with OpenSSL (`haproxy -vv`), so it can terminate TLS.
+    openssl: bool,
 }
 
 impl Haproxy {
+    /// Asks `program -vv` whether it was built with OpenSSL (assumed, as in
+    /// Debian's build, when it cannot be run).
     pub fn new(program: PathBuf) -> Self {
-        Self { program }
+        let openssl = run_briefly(&program, &["-vv"], Duration::from_secs(5))
+            .ok()
+            .filter(|text| text.contains("Feature list") || text.contains("OPTIONS"))
+            .is_none_or(|text| built_with_openssl(&text));
+        Self { program, openssl }
     }
+
+    /// For a build known without running the binary.
+    pub fn with_openssl(program: PathBuf, openssl: bool) -> Self {
+        Self { program, openssl }
+    }
+}
+
+/// Whether `haproxy -vv` describes a build with OpenSSL.
+pub fn built_with_openssl(text: &str) -> bool {
+    text.contains("USE_OPENSSL=1") || text.contains("+OPENSSL") || text.contains("Built with OpenSSL")
 }
 
 /// `maxconn` for `threads` under an open-files limit of `fd_limit`, for a
@@ -91,11 +115,17 @@ defaults
         ));
     }
     let bind_proto = if topology.downstream == Wire::Http2 { " proto h2" } else { "" };
+    // TLS: the shared certificate and key (one PEM file), TLS 1.3 only, ALPN
+    // http/1.1; session tickets and cache as HAProxy has them by default.
+    let bind_tls = match &topology.tls {
+        Some(files) => format!(" ssl crt {} alpn {ALPN} ssl-min-ver TLSv1.3", files.cert_and_key.display()),
+        None => String::new(),
+    };
     let server_proto = if topology.upstream == Wire::Http2 { " proto h2" } else { "" };
     cfg.push_str(&format!(
         "
 frontend bench
-    bind {listen}{bind_proto}
+    bind {listen}{bind_proto}{bind_tls}
     default_backend upstream
 
 backend upstream
@@ -117,7 +147,11 @@ impl Peer for Haproxy {
     }
 
     fn supports(&self, topology: &Topology) -> Result<(), String> {
-        check_sides(topology)
+        check_sides(topology)?;
+        if topology.tls.is_some() && !self.openssl {
+            return Err(format!("{} was built without OpenSSL (USE_OPENSSL)", self.program.display()));
+        }
+        Ok(())
     }
 
     fn launch(&self, topology: &Topology, dir: &Path) -> Launch {
@@ -177,6 +211,24 @@ mod tests {
     }
 
     #[test]
+    fn tls_config() {
+        let cfg = config(&tls_topology(&fake_tls_files()), 20_000);
+        assert!(
+            cfg.contains(
+                "bind 127.0.0.1:18080 ssl crt /tmp/bench-tls/cert-and-key.pem alpn http/1.1 ssl-min-ver TLSv1.3\n"
+            ),
+            "{cfg}"
+        );
+        assert!(cfg.contains("mode http") && cfg.contains("server s1 127.0.0.1:19090\n"));
+        assert!(!config(&topology(Wire::Http1, Wire::Http1, 1), 20_000).contains("ssl"));
+        let without = Haproxy::with_openssl("haproxy".into(), false);
+        assert!(without.supports(&tls_topology(&fake_tls_files())).unwrap_err().contains("OpenSSL"));
+        assert_eq!(without.supports(&topology(Wire::Http1, Wire::Http1, 1)), Ok(()));
+        assert!(built_with_openssl("  OPTIONS = USE_PCRE2=1 USE_OPENSSL=1 USE_LUA=1"));
+        assert!(!built_with_openssl("  OPTIONS = USE_PCRE2=1 USE_LUA=1"));
+    }
+
+    #[test]
     fn tcp_config() {
         for wire in [Wire::Tcp, Wire::Mqtt] {
             let cfg = config(&topology(wire, wire, 2), 20_000);
@@ -201,7 +253,9 @@ mod tests {
     fn haproxy_accepts_the_generated_configs() {
         let Some(program) = installed("haproxy", "apt-get install -y haproxy") else { return };
         let peer = Haproxy::new(program.clone());
+        let (_tls_dir, material) = tls_material();
         let mut topologies = all_topologies();
+        topologies.push(tls_topology(&material.server));
         let mut v6 = topology(Wire::Http2, Wire::Http2, 2);
         v6.listen = "[::1]:18080".parse().unwrap();
         v6.upstream_addr = "[::1]:19090".parse().unwrap();

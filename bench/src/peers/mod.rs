@@ -56,6 +56,10 @@ pub struct Topology {
     /// scenarios hold thousands), for peers whose connection limits must be
     /// sized up front.
     pub clients: usize,
+    /// TLS to terminate on the listener: the certificate and key to serve
+    /// (the same for every peer), TLS 1.3 only, ALPN `http/1.1` only
+    /// ([`crate::tls`]). `None`: plaintext.
+    pub tls: Option<crate::tls::ServerFiles>,
 }
 
 /// How to start a peer for a scenario.
@@ -135,6 +139,9 @@ pub(crate) fn check_sides(topology: &Topology) -> Result<(), String> {
     }
     if topology.threads == 0 {
         return Err("0 worker threads".into());
+    }
+    if topology.tls.is_some() && (topology.downstream != Wire::Http1 || topology.upstream != Wire::Http1) {
+        return Err("TLS is benchmarked with HTTP/1.1 clients and upstreams only".into());
     }
     Ok(())
 }
@@ -312,6 +319,29 @@ pub(crate) mod test_support {
             threads,
             admin: "127.0.0.1:18099".parse().unwrap(),
             clients: 64,
+            tls: None,
+        }
+    }
+
+    /// [`topology`] terminating TLS with `files`.
+    pub fn tls_topology(files: &crate::tls::ServerFiles) -> Topology {
+        Topology { tls: Some(files.clone()), ..topology(Wire::Http1, Wire::Http1, 1) }
+    }
+
+    /// Certificates and keys made as a run makes them, in a directory that
+    /// lives as long as the returned guard.
+    pub fn tls_material() -> (tempfile::TempDir, crate::tls::Material) {
+        let dir = tempfile::tempdir().unwrap();
+        let material = crate::tls::Material::generate(dir.path()).unwrap();
+        (dir, material)
+    }
+
+    /// Made-up TLS file paths, for configs that are only read.
+    pub fn fake_tls_files() -> crate::tls::ServerFiles {
+        crate::tls::ServerFiles {
+            cert: "/tmp/bench-tls/cert.pem".into(),
+            key: "/tmp/bench-tls/key.pem".into(),
+            cert_and_key: "/tmp/bench-tls/cert-and-key.pem".into(),
         }
     }
 
@@ -388,6 +418,10 @@ mod tests {
         assert!(check_sides(&super::test_support::topology(Wire::Http1, Wire::Http1, 0)).is_err());
         assert!(check_sides(&super::test_support::topology(Wire::Mqtt, Wire::Mqtt, 1)).is_ok());
         assert!(check_sides(&super::test_support::topology(Wire::Mqtt, Wire::Tcp, 1)).is_err());
+        let tls = tls_topology(&fake_tls_files());
+        assert!(check_sides(&tls).is_ok());
+        let tls_h2 = Topology { downstream: Wire::Http2, ..tls };
+        assert!(check_sides(&tls_h2).unwrap_err().contains("TLS"));
     }
 
     fn fake_binary(dir: &Path, name: &str) -> PathBuf {

@@ -15,6 +15,10 @@
 //! directory. nginx cannot proxy to an HTTP/2 upstream (`proxy_pass` speaks
 //! HTTP/1.x; `grpc_pass` is for gRPC only).
 //!
+//! TLS (the TLS scenarios): `listen ADDR ssl` with the shared certificate
+//! and key, `ssl_protocols TLSv1.3`; nginx offers ALPN `http/1.1` on a
+//! listener without `http2`; session tickets as nginx has them by default.
+//!
 //! TCP and MQTT (relayed as TCP): the `stream` module, a dynamic module on Debian (package
 //! `libnginx-mod-stream`), loaded with `load_module`.
 
@@ -50,12 +54,14 @@ pub struct Build {
     pub stream: Stream,
     /// `--with-http_v2_module`.
     pub http2: bool,
+    /// `--with-http_ssl_module`.
+    pub ssl: bool,
 }
 
 impl Build {
     /// Debian's nginx-light (the assumption when `nginx -V` cannot be run).
     pub fn debian() -> Self {
-        Build { stream: Stream::Module(DEBIAN_STREAM_MODULE.into()), http2: true }
+        Build { stream: Stream::Module(DEBIAN_STREAM_MODULE.into()), http2: true, ssl: true }
     }
 
     /// Reads the configure arguments printed by `nginx -V`.
@@ -78,7 +84,7 @@ impl Build {
         } else {
             Stream::Absent
         };
-        Build { stream, http2: args.contains(&"--with-http_v2_module") }
+        Build { stream, http2: args.contains(&"--with-http_v2_module"), ssl: args.contains(&"--with-http_ssl_module") }
     }
 }
 
@@ -157,6 +163,20 @@ pub fn config(topology: &Topology, dir: &Path, stream_module: Option<&Path>, run
     } else {
         ("", String::new())
     };
+    let (ssl_listen, ssl) = match &topology.tls {
+        // The one certificate every peer serves; TLS 1.3 only; ALPN: nginx
+        // offers http/1.1 (and h2 only on `http2` listeners). Session tickets
+        // and the (absent) session cache as nginx has them by default.
+        Some(files) => (
+            " ssl",
+            format!(
+                "        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.3;\n",
+                files.cert.display(),
+                files.key.display()
+            ),
+        ),
+        None => ("", String::new()),
+    };
     conf.push_str(&format!(
         "http {{
     access_log off;
@@ -175,8 +195,8 @@ pub fn config(topology: &Topology, dir: &Path, stream_module: Option<&Path>, run
         keepalive_timeout {IDLE_TIMEOUT_SECS}s;
     }}
     server {{
-        listen {listen}{http2_listen};
-        location / {{
+        listen {listen}{http2_listen}{ssl_listen};
+{ssl}        location / {{
             proxy_pass http://upstream;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
@@ -210,6 +230,9 @@ impl Peer for Nginx {
         check_sides(topology)?;
         if topology.upstream == Wire::Http2 {
             return Err("nginx cannot proxy HTTP to an HTTP/2 upstream (proxy_pass speaks HTTP/1.x only)".into());
+        }
+        if topology.tls.is_some() && !self.build.ssl {
+            return Err(format!("{} was built without --with-http_ssl_module", self.program.display()));
         }
         if topology.downstream == Wire::Http2 && !self.build.http2 {
             return Err(format!("{} was built without --with-http_v2_module", self.program.display()));
@@ -268,10 +291,13 @@ mod tests {
     fn build_is_read_from_configure_arguments() {
         assert_eq!(
             Build::from_configure_arguments(DEBIAN_V),
-            Build { stream: Stream::Module(DEBIAN_STREAM_MODULE.into()), http2: true }
+            Build { stream: Stream::Module(DEBIAN_STREAM_MODULE.into()), http2: true, ssl: false }
         );
         let builtin = "configure arguments: --prefix=/opt/nginx --with-stream --with-http_ssl_module";
-        assert_eq!(Build::from_configure_arguments(builtin), Build { stream: Stream::Builtin, http2: false });
+        assert_eq!(
+            Build::from_configure_arguments(builtin),
+            Build { stream: Stream::Builtin, http2: false, ssl: true }
+        );
         let dynamic = "configure arguments: --prefix=/opt/nginx --with-stream=dynamic";
         assert_eq!(
             Build::from_configure_arguments(dynamic).stream,
@@ -282,7 +308,7 @@ mod tests {
 
     #[test]
     fn supports_says_what_is_missing() {
-        let peer = |stream| Nginx::with_build("nginx".into(), Build { stream, http2: true });
+        let peer = |stream| Nginx::with_build("nginx".into(), Build { stream, http2: true, ssl: true });
         let builtin = peer(Stream::Builtin);
         assert_eq!(builtin.supports(&topology(Wire::Http1, Wire::Http1, 1)), Ok(()));
         assert_eq!(builtin.supports(&topology(Wire::Http2, Wire::Http1, 1)), Ok(()));
@@ -296,8 +322,10 @@ mod tests {
             "nginx's stream module is missing (/nonexistent/ngx_stream_module.so): apt-get install -y libnginx-mod-stream"
         );
         assert!(peer(Stream::Absent).supports(&topology(Wire::Tcp, Wire::Tcp, 1)).is_err());
-        let no_h2 = Nginx::with_build("nginx".into(), Build { stream: Stream::Builtin, http2: false });
+        let no_h2 = Nginx::with_build("nginx".into(), Build { stream: Stream::Builtin, http2: false, ssl: false });
         assert!(no_h2.supports(&topology(Wire::Http2, Wire::Http1, 1)).unwrap_err().contains("http_v2"));
+        assert!(no_h2.supports(&tls_topology(&fake_tls_files())).unwrap_err().contains("http_ssl"));
+        assert_eq!(builtin.supports(&tls_topology(&fake_tls_files())), Ok(()));
     }
 
     #[test]
@@ -331,6 +359,24 @@ mod tests {
         assert!(h2.contains("listen 127.0.0.1:18080 http2;"), "{h2}");
         assert!(h2.contains("http2_max_concurrent_streams 128;"));
         assert!(h2.contains("user root;"));
+        assert!(!conf.contains("ssl"));
+    }
+
+    #[test]
+    fn tls_config_serves_the_shared_certificate() {
+        let files = fake_tls_files();
+        let conf = config(&tls_topology(&files), Path::new("/tmp/bench-dir"), None, false);
+        for line in [
+            "listen 127.0.0.1:18080 ssl;",
+            "ssl_certificate /tmp/bench-tls/cert.pem;",
+            "ssl_certificate_key /tmp/bench-tls/key.pem;",
+            "ssl_protocols TLSv1.3;",
+            "proxy_pass http://upstream;",
+            "keepalive 1024;",
+        ] {
+            assert!(conf.lines().any(|l| l.trim() == line), "missing {line:?} in\n{conf}");
+        }
+        assert!(!conf.contains("http2"));
     }
 
     #[test]
@@ -344,7 +390,7 @@ mod tests {
         assert!(!conf.contains("http {"));
         assert!(conf.contains("listen 127.0.0.1:18080;"));
         assert!(conf.contains("proxy_pass upstream;"));
-        let builtin = Nginx::with_build("nginx".into(), Build { stream: Stream::Builtin, http2: true });
+        let builtin = Nginx::with_build("nginx".into(), Build { stream: Stream::Builtin, http2: true, ssl: true });
         let launch = builtin.launch(&topology(Wire::Tcp, Wire::Tcp, 2), dir);
         assert!(!launch.files[0].1.contains("load_module"));
     }
@@ -362,14 +408,17 @@ mod tests {
         assert_eq!(launch.files[0].0, conf);
     }
 
-    /// `nginx -t` on every config this peer writes.
+    /// `nginx -t` on every config this peer writes (TLS: with real certificates).
     #[test]
     fn nginx_accepts_the_generated_configs() {
         let Some(program) = installed("nginx", "apt-get install -y nginx-light") else { return };
         let peer = Nginx::new(program.clone());
-        for topology in all_topologies() {
+        let (_tls_dir, material) = tls_material();
+        let mut topologies = all_topologies();
+        topologies.push(tls_topology(&material.server));
+        for topology in topologies {
             if let Err(reason) = peer.supports(&topology) {
-                if topology.downstream.is_stream() && peers_required() {
+                if (topology.downstream.is_stream() || topology.tls.is_some()) && peers_required() {
                     panic!("BENCH_REQUIRE_PEERS=1: {reason}");
                 }
                 eprintln!("not checked with nginx -t: {} → {}: {reason}", topology.downstream, topology.upstream);

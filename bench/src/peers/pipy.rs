@@ -90,7 +90,11 @@ impl Peer for Pipy {
     }
 
     fn supports(&self, topology: &Topology) -> Result<(), String> {
-        check_sides(topology)
+        check_sides(topology)?;
+        if topology.tls.is_some() {
+            return Err("the harness writes no TLS config for Pipy (TLS peers: edgeplane, nginx, HAProxy)".into());
+        }
+        Ok(())
     }
 
     fn launch(&self, topology: &Topology, dir: &Path) -> Launch {
@@ -109,6 +113,12 @@ impl Peer for Pipy {
 mod tests {
     use super::super::test_support::*;
     use super::*;
+
+    #[test]
+    fn tls_is_refused() {
+        let reason = Pipy::new("pipy".into()).supports(&tls_topology(&fake_tls_files())).unwrap_err();
+        assert!(reason.contains("no TLS config"), "{reason}");
+    }
 
     #[test]
     fn http1_script() {

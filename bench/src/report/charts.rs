@@ -128,12 +128,12 @@ fn light(color: RGBColor) -> RGBColor {
     RGBColor(wash(color.0), wash(color.1), wash(color.2))
 }
 
-/// What CPU time is counted per: a request, or a message (MQTT).
+/// What CPU time is counted per: a request, a message (MQTT) or a TLS handshake.
 fn per_what(scenario: &ScenarioResult) -> &'static str {
-    if scenario.unit == "msg/s" {
-        "message"
-    } else {
-        "request"
+    match scenario.unit.as_str() {
+        "msg/s" => "message",
+        "handshakes/s" => "handshake",
+        _ => "request",
     }
 }
 

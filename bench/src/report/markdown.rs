@@ -209,6 +209,7 @@ fn scenario_section(out: &mut String, scenario: &ScenarioResult) {
         .map(|kind| {
             let text = match kind {
                 ChartKind::Cpu if scenario.unit == "msg/s" => "CPU per message",
+                ChartKind::Cpu if scenario.unit == "handshakes/s" => "CPU per handshake",
                 _ => kind.link_text(),
             };
             format!("[{text}]({})", chart_path(&scenario.name, kind))
@@ -236,7 +237,7 @@ fn table(out: &mut String, scenario: &ScenarioResult, columns: &Columns) {
         head.extend(["p50", "p99", "p99.9"].map(String::from));
     }
     if columns.cpu {
-        head.push(format!("CPU µs/{}", unit.strip_suffix("/s").unwrap_or("req")));
+        head.push(format!("CPU µs/{}", crate::model::per_unit(unit)));
     }
     if columns.memory {
         head.extend(["RSS", "peak RSS"].map(String::from));
@@ -299,6 +300,52 @@ fn row(peer: &PeerResult, columns: &Columns) -> Vec<String> {
     row
 }
 
+/// The sidecar-pair scenarios: what mTLS between the sidecars costs, the
+/// mTLS pair's medians against the plaintext pair's in the same run (at the
+/// same offered rate: latency added; closed loop: throughput).
+fn mtls_cost(scenario: &ScenarioResult) -> Option<String> {
+    let (mtls, plain) = (find(scenario, crate::pair::MTLS)?, find(scenario, crate::pair::PLAIN)?);
+    let (m, p) = (&mtls.summary, &plain.summary);
+    let signed_micros = |delta: f64| {
+        let sign = if delta < 0.0 { "−" } else { "+" };
+        format!("{sign}{}", format::micros(delta.abs()))
+    };
+    let cpu = match (m.cpu_us_per_request, p.cpu_us_per_request) {
+        (Some(m), Some(p)) => {
+            format!(
+                ", CPU {} µs/req ({} against {})",
+                signed(m.median - p.median),
+                format::amount(m.median),
+                format::amount(p.median)
+            )
+        }
+        _ => String::new(),
+    };
+    let head = format!("**mTLS between the sidecars** ({} against {}, medians)", cell(&mtls.peer), cell(&plain.peer));
+    if offered(mtls).is_some() {
+        Some(format!(
+            "{head}: adds p50 {}, p99 {}, p99.9 {}{cpu}.",
+            signed_micros(m.p50_us.median - p.p50_us.median),
+            signed_micros(m.p99_us.median - p.p99_us.median),
+            signed_micros(m.p999_us.median - p.p999_us.median),
+        ))
+    } else {
+        Some(format!(
+            "{head}: {} the plaintext pair's throughput{cpu}.",
+            format::ratio(m.throughput.median, p.throughput.median)
+        ))
+    }
+}
+
+/// `+1.2`, `−0.4`.
+fn signed(value: f64) -> String {
+    if value < 0.0 {
+        format!("−{}", format::amount(-value))
+    } else {
+        format!("+{}", format::amount(value))
+    }
+}
+
 /// Warnings under the table: errors, and open-loop peers that could not keep up.
 fn notes(out: &mut String, scenario: &ScenarioResult, columns: &Columns) {
     let mut notes = Vec::new();
@@ -338,6 +385,9 @@ fn notes(out: &mut String, scenario: &ScenarioResult, columns: &Columns) {
                 failed
             ));
         }
+    }
+    if let Some(note) = mtls_cost(scenario) {
+        notes.push(note);
     }
     if columns.offered {
         notes.push(

@@ -467,3 +467,63 @@ fn mqtt_figures_in_tables_json_and_charts() {
     assert!(json.contains("\"bytes_per_connection\""));
     assert!(!serde_json::to_string(&sample()).unwrap().contains("bytes_per_connection"));
 }
+
+/// TLS figures: handshakes per second with CPU per handshake, and the
+/// sidecar pairs with what mTLS between them adds.
+fn tls_sample() -> Report {
+    let handshake = ScenarioResult {
+        name: "tls-handshake".into(),
+        description: "a new TLS connection per request".into(),
+        unit: "handshakes/s".into(),
+        peers: vec![
+            peer("edgeplane", Some("0.1.0"), vec![round(4_000.0, 900, Some(150.0), 9_000)]),
+            peer("nginx", Some("1.22.1"), vec![round(2_000.0, 1_800, Some(300.0), 9_000)]),
+        ],
+        skipped: vec![skipped("direct", "no proxy, no TLS")],
+    };
+    let at = |p50: u64, cpu: f64| Round { offered_rate: Some(10_000.0), ..round(10_000.0, p50, Some(cpu), 20_000) };
+    let fixed = ScenarioResult {
+        name: "mtls-sidecar-pair".into(),
+        description: "the pair at 50%".into(),
+        unit: "req/s".into(),
+        peers: vec![
+            peer("direct", None, vec![Round { offered_rate: Some(10_000.0), ..round(10_000.0, 100, None, 0) }]),
+            peer(crate::pair::PLAIN, Some("0.1.0"), vec![at(400, 40.0), at(420, 40.0)]),
+            peer(crate::pair::MTLS, Some("0.1.0"), vec![at(500, 46.5), at(520, 46.5)]),
+        ],
+        skipped: vec![],
+    };
+    let max = ScenarioResult {
+        name: "sidecar-pair-max".into(),
+        description: "the pair, closed loop".into(),
+        unit: "req/s".into(),
+        peers: vec![
+            peer(crate::pair::PLAIN, Some("0.1.0"), vec![round(20_000.0, 2_000, Some(40.0), 20_000)]),
+            peer(crate::pair::MTLS, Some("0.1.0"), vec![round(17_000.0, 2_400, Some(47.0), 20_000)]),
+        ],
+        skipped: vec![],
+    };
+    Report { scenarios: vec![handshake, max, fixed], ..sample() }
+}
+
+#[test]
+fn tls_figures_in_tables_and_notes() {
+    let md = markdown(&tls_sample());
+    let header = md.lines().find(|l| l.starts_with("| peer | handshakes/s")).expect("handshakes/s header");
+    assert!(header.contains("CPU µs/handshake |"), "{header}");
+    assert!(md.contains("[CPU per handshake](charts/tls-handshake-cpu.svg)"), "{md}");
+    assert!(md.contains("- **direct**: no proxy, no TLS"), "{md}");
+    // 450 → 510 µs at p50 (medians of 400/420 and 500/520), p99 4× that.
+    assert!(
+        md.contains(
+            "**mTLS between the sidecars** (edgeplane-mtls-pair against edgeplane-pair, medians): adds p50 +100 µs, \
+             p99 +400 µs, p99.9 +1.00 ms, CPU +6.50 µs/req (46.5 against 40.0)."
+        ),
+        "{md}"
+    );
+    assert!(md.contains("the plaintext pair's throughput, CPU +7.00 µs/req (47.0 against 40.0)."), "{md}");
+    assert!(md.contains(": 0.85× the plaintext pair's throughput"), "{md}");
+    let dir = tempfile::tempdir().unwrap();
+    write(&tls_sample(), dir.path()).unwrap();
+    assert!(svg_text(&dir.path().join(CHARTS_DIR).join("tls-handshake-cpu.svg")).contains("µs per handshake"));
+}

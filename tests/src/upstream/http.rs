@@ -83,6 +83,15 @@ struct State {
 impl HttpUpstream {
     /// Starts the server on an ephemeral loopback port.
     pub async fn start(name: &str, proto: HttpProto) -> HttpUpstream {
+        Self::start_with(name, move |state, stream| serve_connection(state, proto, stream)).await
+    }
+
+    /// Binds a loopback port and serves each accepted connection with `serve`.
+    async fn start_with<F, Fut>(name: &str, serve: F) -> HttpUpstream
+    where
+        F: Fn(Arc<State>, tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (listener, addr) = bind_loopback().await;
         let name: Arc<str> = Arc::from(name);
         let connections = Arc::new(AtomicUsize::new(0));
@@ -94,37 +103,23 @@ impl HttpUpstream {
             arrived: Notify::new(),
         });
         let conn_state = state.clone();
-        let task = ServerTask::spawn_accept_loop(listener, connections, move |stream| {
-            serve_connection(conn_state.clone(), proto, stream)
-        });
+        let task = ServerTask::spawn_accept_loop(listener, connections, move |stream| serve(conn_state.clone(), stream));
         HttpUpstream { name, addr, state, task }
     }
 
     /// Starts the server speaking TLS with `config` (its ALPN decides the
     /// HTTP version with [`HttpProto::Auto`]).
     pub async fn start_tls(name: &str, proto: HttpProto, config: Arc<rustls::ServerConfig>) -> HttpUpstream {
-        let (listener, addr) = bind_loopback().await;
-        let name: Arc<str> = Arc::from(name);
-        let connections = Arc::new(AtomicUsize::new(0));
-        let state = Arc::new(State {
-            name: name.clone(),
-            connections: connections.clone(),
-            requests: AtomicUsize::new(0),
-            in_flight: InFlight::default(),
-            arrived: Notify::new(),
-        });
-        let conn_state = state.clone();
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let task = ServerTask::spawn_accept_loop(listener, connections, move |stream| {
-            let state = conn_state.clone();
+        Self::start_with(name, move |state, stream| {
             let acceptor = acceptor.clone();
             async move {
                 if let Ok(tls) = acceptor.accept(stream).await {
                     serve_connection(state, proto, tls).await;
                 }
             }
-        });
-        HttpUpstream { name, addr, state, task }
+        })
+        .await
     }
 
     pub fn addr(&self) -> SocketAddr {
