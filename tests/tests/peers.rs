@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::process::Output;
 
 use edgeplane_tests::harness::{cluster, guard, TestProxy};
+use edgeplane_tests::tools::args;
 use edgeplane_tests::upstream::{HttpProto, HttpUpstream};
 use serde_json::Value;
-use edgeplane_tests::tools::args;
 
 const INSTALL: &str = "apt-get install -y curl nghttp2-client";
 

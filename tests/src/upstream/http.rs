@@ -103,7 +103,8 @@ impl HttpUpstream {
             arrived: Notify::new(),
         });
         let conn_state = state.clone();
-        let task = ServerTask::spawn_accept_loop(listener, connections, move |stream| serve(conn_state.clone(), stream));
+        let task =
+            ServerTask::spawn_accept_loop(listener, connections, move |stream| serve(conn_state.clone(), stream));
         HttpUpstream { name, addr, state, task }
     }
 
