@@ -101,14 +101,20 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
     let mut negotiated = None;
     let mut stream = match &listener.tls {
         None => ClientStream::Plain(stream),
-        Some(tls) => match accept_tls(stream, client, tls, &listener).await {
+        // Boxed, like the handlers: a plaintext connection's task must not
+        // carry the size of a handshake in progress.
+        Some(tls) => match Box::pin(accept_tls(stream, client, tls, &listener)).await {
             Some(Accepted::Tls(tls_stream)) => {
                 let session = tls_stream.get_ref().1;
                 conn_tls.terminated = true;
                 conn_tls.sni = session.server_name().map(Box::from);
                 conn_tls.peer =
                     session.peer_certificates().and_then(|chain| chain.first()).and_then(PeerIdentity::from_der);
-                negotiated = session.alpn_protocol().map(|alpn| alpn.to_vec());
+                negotiated = match session.alpn_protocol() {
+                    Some(b"h2") => Some(Detected::Http2),
+                    Some(b"http/1.1") => Some(Detected::Http1),
+                    _ => None,
+                };
                 ClientStream::Tls(tls_stream)
             }
             Some(Accepted::Plain(tcp)) => ClientStream::Plain(tcp),
@@ -117,11 +123,10 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
     };
 
     let mut buffer = BytesMut::new();
-    let detected = match (listener.protocol, negotiated.as_deref()) {
+    let detected = match (listener.protocol, negotiated) {
         (ListenerProtocol::Tcp, _) => Detected::Tcp,
         (ListenerProtocol::Mqtt, _) => Detected::Mqtt,
-        (_, Some(b"h2")) => Detected::Http2,
-        (_, Some(b"http/1.1")) => Detected::Http1,
+        (_, Some(by_alpn)) => by_alpn,
         (ListenerProtocol::Auto | ListenerProtocol::Http, _) => {
             buffer = crate::buffers::bytes();
             buffer.reserve(4096);

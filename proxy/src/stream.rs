@@ -127,13 +127,6 @@ impl ClientStream {
             }
         }
     }
-
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            ClientStream::Plain(tcp) => tcp,
-            ClientStream::Tls(tls) => tls.get_ref().0,
-        }
-    }
 }
 
 /// A poll with a no-op waker: the caller waits for readiness by other means

@@ -85,10 +85,6 @@ impl ClientTls {
         Ok(())
     }
 
-    pub fn cluster(&self) -> &str {
-        &self.recipe.cluster
-    }
-
     /// The name to send for an endpoint: the configured one, else the
     /// endpoint's host (a host name, or its IP).
     pub fn name_for(&self, host: Option<&str>, ip: std::net::IpAddr) -> ServerName<'static> {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -43,8 +43,6 @@ struct Recipe {
     identity: Option<Identity>,
     alpn: Vec<Vec<u8>>,
     provider: Arc<CryptoProvider>,
-    /// Serialises rebuilds (the control thread does them; this is cheap insurance).
-    rebuilding: Mutex<()>,
 }
 
 impl ServerTls {
@@ -79,7 +77,6 @@ impl ServerTls {
             identity: identity.cloned(),
             alpn,
             provider,
-            rebuilding: Mutex::new(()),
         };
         let sources = Sources::new(recipe.files());
         let (config, certs) = recipe.build()?;
@@ -94,17 +91,13 @@ impl ServerTls {
     }
 
     /// Re-reads the sources and swaps the new config in; on any error the
-    /// config in service stays.
+    /// config in service stays. Called by the rotation watcher only (one
+    /// thread), so rebuilds never race.
     pub fn rebuild(&self) -> Result<(), String> {
-        let _one = self.recipe.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
         let (config, certs) = self.recipe.build()?;
         self.config.store(Arc::new(config));
         self.certs.store(Arc::new(certs));
         Ok(())
-    }
-
-    pub fn listener(&self) -> &str {
-        &self.recipe.listener
     }
 
     pub fn accepts_plaintext_from(&self, ip: IpAddr) -> bool {

@@ -53,10 +53,6 @@ impl Sources {
         *seen = now;
         true
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
 }
 
 fn stamps(files: &[String]) -> Vec<Option<Stamp>> {
