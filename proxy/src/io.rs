@@ -78,7 +78,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<S> {
     write_through_inner!();
 }
 
-/// An upstream TCP connection, counted as open (per endpoint and in its
+/// An upstream connection (TCP, or TLS over TCP), counted as open (per endpoint and in its
 /// cluster's `upstream_connections_active` gauge) until it is dropped.
 pub struct UpstreamStream {
     inner: UpstreamIo,
