@@ -501,10 +501,7 @@ clusters:
         "listeners[0].routes[4].jwt.keys.jwks_file: must not be empty",
         "listeners[1].routes[0].jwt: JWT verification needs HTTP, not a tcp listener",
     ];
-    for want in expected {
-        assert!(found.iter().any(|error| error.starts_with(want)), "missing {want:?} in {found:#?}");
-    }
-    assert_eq!(found.len(), expected.len(), "unexpected extra errors: {found:#?}");
+    assert_exactly(&found, &expected);
 }
 
 #[test]
@@ -611,10 +608,7 @@ clusters:
         "listeners[3].http.redirect_https.status: must be 301, 302, 303, 307 or 308",
         "listeners[4].tls.certificates: needs at least one certificate (or `mesh: true`)",
     ];
-    for want in expected {
-        assert!(found.iter().any(|error| error.starts_with(want)), "missing {want:?} in {found:#?}");
-    }
-    assert_eq!(found.len(), expected.len(), "unexpected extra errors: {found:#?}");
+    assert_exactly(&found, &expected);
 }
 
 #[test]
@@ -652,4 +646,12 @@ clusters:
     let dump = serde_json::to_string(&from_yaml_str(&inline).expect("parses")).unwrap();
     assert!(!dump.contains("secret"), "{dump}");
     assert!(dump.contains("(redacted)"), "{dump}");
+}
+
+/// Every expected error (by prefix) is among `found`, and nothing else is.
+fn assert_exactly(found: &[String], expected: &[&str]) {
+    for want in expected {
+        assert!(found.iter().any(|error| error.starts_with(want)), "missing {want:?} in {found:#?}");
+    }
+    assert_eq!(found.len(), expected.len(), "unexpected extra errors: {found:#?}");
 }

@@ -211,7 +211,7 @@ async fn accept_tls(tcp: TcpStream, client: SocketAddr, tls: &ServerTls, listene
             Ok(Err(_)) => return None,
         }
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.live.config.load_full());
     match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => {
             results.inc("ok");

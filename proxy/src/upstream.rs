@@ -35,7 +35,7 @@ async fn open(endpoint: &EndpointState) -> Result<UpstreamIo, ConnectError> {
     let stream = TcpStream::connect(endpoint.addr).await.map_err(|error| ConnectError::from_io(&error))?;
     let _ = stream.set_nodelay(true);
     let Some(tls) = endpoint.tls.load_full() else { return Ok(UpstreamIo::Plain(stream)) };
-    let connector = tokio_rustls::TlsConnector::from(tls.tls.config.load_full());
+    let connector = tokio_rustls::TlsConnector::from(tls.tls.live.config.load_full());
     match connector.connect(tls.server_name.clone(), stream).await {
         Ok(stream) => Ok(UpstreamIo::Tls(Box::new(stream))),
         Err(error) => {

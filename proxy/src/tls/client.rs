@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use config_model::{ClusterProtocol, ClusterTls, Identity, PemSource};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -13,17 +12,15 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureSch
 
 use super::certs::{self, CertInfo};
 use super::identity::PeerIdentity;
-use super::watch::Sources;
+use super::watch::{Live, Sources};
 
 /// A cluster's TLS: the current client config (swapped by a rotation of
 /// its files) and the name to send as SNI.
 pub struct ClientTls {
-    pub config: ArcSwap<ClientConfig>,
+    /// The rustls config in service; swapped by a rotation.
+    pub live: Live<ClientConfig>,
     /// SNI and the name verified; `None`: the endpoint's host.
     pub server_name: Option<ServerName<'static>>,
-    pub certs: ArcSwap<Vec<CertInfo>>,
-    /// The files it is built from, for rotation.
-    pub sources: Sources,
     recipe: Recipe,
 }
 
@@ -68,20 +65,11 @@ impl ClientTls {
             sessions: Arc::new(rustls::client::ClientSessionMemoryCache::new(256)),
         };
         let sources = Sources::new(recipe.files());
-        let (config, certs) = recipe.build()?;
-        Ok(ClientTls {
-            config: ArcSwap::from_pointee(config),
-            server_name,
-            certs: ArcSwap::from_pointee(certs),
-            sources,
-            recipe,
-        })
+        Ok(ClientTls { live: Live::new(sources, recipe.build()?), server_name, recipe })
     }
 
     pub fn rebuild(&self) -> Result<(), String> {
-        let (config, certs) = self.recipe.build()?;
-        self.config.store(Arc::new(config));
-        self.certs.store(Arc::new(certs));
+        self.live.replace(self.recipe.build()?);
         Ok(())
     }
 

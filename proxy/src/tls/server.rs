@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use config_model::{ClientAuthMode, Identity, ListenerProtocol, ListenerTls, PemSource, TlsVersion};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -15,7 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 use super::certs::{self, CertInfo};
-use super::watch::Sources;
+use super::watch::{Live, Sources};
 use super::Cidr;
 
 /// Sessions kept for TLS 1.2 resumption by id, per listener.
@@ -26,12 +25,8 @@ pub struct ServerTls {
     pub handshake_timeout: Duration,
     /// Client addresses that may skip TLS (mixed mode).
     pub plaintext_sources: Box<[Cidr]>,
-    /// Swapped by a rotation; each handshake loads it once.
-    pub config: ArcSwap<ServerConfig>,
-    /// What is served now (for `/certs` and the expiry metric).
-    pub certs: ArcSwap<Vec<CertInfo>>,
-    /// The files it is built from, for rotation.
-    pub sources: Sources,
+    /// The rustls config in service; swapped by a rotation.
+    pub live: Live<ServerConfig>,
     recipe: Recipe,
 }
 
@@ -79,13 +74,10 @@ impl ServerTls {
             provider,
         };
         let sources = Sources::new(recipe.files());
-        let (config, certs) = recipe.build()?;
         Ok(ServerTls {
             handshake_timeout,
             plaintext_sources: plaintext_sources.into_boxed_slice(),
-            config: ArcSwap::from_pointee(config),
-            certs: ArcSwap::from_pointee(certs),
-            sources,
+            live: Live::new(sources, recipe.build()?),
             recipe,
         })
     }
@@ -94,9 +86,7 @@ impl ServerTls {
     /// config in service stays. Called by the rotation watcher only (one
     /// thread), so rebuilds never race.
     pub fn rebuild(&self) -> Result<(), String> {
-        let (config, certs) = self.recipe.build()?;
-        self.config.store(Arc::new(config));
-        self.certs.store(Arc::new(certs));
+        self.live.replace(self.recipe.build()?);
         Ok(())
     }
 

@@ -10,6 +10,8 @@
 //! files miss, and a stat of a handful of files a second costs nothing.
 
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, SystemTime};
 
 use crate::metrics::{CertLabels, ReloadLabels};
@@ -25,6 +27,29 @@ struct Stamp {
     modified: Option<SystemTime>,
     len: u64,
     inode: u64,
+}
+
+/// A TLS config in service, what it serves, and the files it came from.
+/// Listener (`ServerTls`) and cluster (`ClientTls`) configs both rotate
+/// through one of these.
+pub struct Live<C> {
+    /// Loaded once per handshake; a rotation stores a new one.
+    pub config: ArcSwap<C>,
+    /// The certificates in it (for `/certs` and the expiry metric).
+    pub certs: ArcSwap<Vec<CertInfo>>,
+    pub sources: Sources,
+}
+
+impl<C> Live<C> {
+    pub fn new(sources: Sources, (config, certs): (C, Vec<CertInfo>)) -> Live<C> {
+        Live { config: ArcSwap::from_pointee(config), certs: ArcSwap::from_pointee(certs), sources }
+    }
+
+    /// Puts a rebuilt config in service (new handshakes only).
+    pub fn replace(&self, (config, certs): (C, Vec<CertInfo>)) {
+        self.config.store(Arc::new(config));
+        self.certs.store(Arc::new(certs));
+    }
 }
 
 /// The files a TLS config was built from and how they looked then.
@@ -86,13 +111,13 @@ pub fn check(shared: &Shared) {
     let table = shared.table.load();
     let listeners = table.listeners.iter().flatten().filter_map(|l| l.tls.as_ref().map(|tls| (l.name.as_ref(), tls)));
     for (name, tls) in listeners {
-        if tls.sources.changed() {
+        if tls.live.sources.changed() {
             report(shared, "listener", name, tls.rebuild());
         }
     }
     for cluster in &table.clusters {
         if let Some(tls) = &cluster.tls {
-            if tls.sources.changed() {
+            if tls.live.sources.changed() {
                 report(shared, "cluster", &cluster.name, tls.rebuild());
             }
         }
@@ -119,12 +144,12 @@ pub fn certificates(shared: &Shared) -> Vec<CertInfo> {
     let mut all = Vec::new();
     for listener in table.listeners.iter().flatten() {
         if let Some(tls) = &listener.tls {
-            all.extend(tls.certs.load().iter().cloned());
+            all.extend(tls.live.certs.load().iter().cloned());
         }
     }
     for cluster in &table.clusters {
         if let Some(tls) = &cluster.tls {
-            all.extend(tls.certs.load().iter().cloned());
+            all.extend(tls.live.certs.load().iter().cloned());
         }
     }
     all
