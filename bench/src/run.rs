@@ -699,7 +699,6 @@ fn start_peer(
     proxy_cpus: &[usize],
     load_cpus: &[usize],
 ) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(dir)?;
     let launch = peer.launch(&topology, dir);
     start_launch(&launch, topology, dir, proxy_cpus, load_cpus)
 }

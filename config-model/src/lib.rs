@@ -32,7 +32,7 @@ pub use mqtt::*;
 pub use policy::*;
 pub use tls::*;
 pub use validate::{validate, ValidationError, MAX_WEIGHT};
-pub use values::{parse_duration, BindAddress, ByteRate, Duration, ParsedUpstream, UpstreamAddress};
+pub use values::{parse_duration, BindAddress, ByteRate, Cidr, Duration, ParsedUpstream, UpstreamAddress};
 
 /// Why a config could not be read or parsed. Semantic problems are
 /// [`ValidationError`]s instead.

@@ -139,9 +139,9 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
             }
         }
     };
-    let conn_tls = Arc::new(conn_tls);
-    let context =
-        |downstream| Arc::new(ConnContext { shared: shared.clone(), slot, client, downstream, tls: conn_tls.clone() });
+    // The TLS facts move into whichever handler serves the connection: a
+    // plaintext connection allocates nothing for them.
+    let context = |downstream, tls| Arc::new(ConnContext { shared: shared.clone(), slot, client, downstream, tls });
     match detected {
         Detected::Closed => {}
         Detected::Http1 if listener.bandwidth.is_some() => {
@@ -151,18 +151,18 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
             let io = PrefixedIo::new(buffer, stream);
             let io = Metered::new(io, listener.metrics.bytes_rx.clone(), listener.metrics.bytes_tx.clone());
             let io = BandwidthLimits::wrap(listener.bandwidth.as_ref(), io);
-            Box::pin(serve_http1(io, context(Version::HTTP_11), &listener.http)).await;
+            Box::pin(serve_http1(io, context(Version::HTTP_11, conn_tls), &listener.http)).await;
         }
         Detected::Http1 => {
             listener.metrics.accepted_http1.inc();
-            Box::pin(h1::serve(stream, buffer, shared.clone(), slot, client, conn_tls.clone())).await;
+            Box::pin(h1::serve(stream, buffer, shared.clone(), slot, client, conn_tls)).await;
         }
         Detected::Http2 => {
             listener.metrics.accepted_http2.inc();
             let io = PrefixedIo::new(buffer, stream);
             let io = Metered::new(io, listener.metrics.bytes_rx.clone(), listener.metrics.bytes_tx.clone());
             let io = BandwidthLimits::wrap(listener.bandwidth.as_ref(), io);
-            Box::pin(serve_http2(io, context(Version::HTTP_2), &listener.http)).await;
+            Box::pin(serve_http2(io, context(Version::HTTP_2, conn_tls), &listener.http)).await;
         }
         Detected::Mqtt if listener.protocol != ListenerProtocol::Http => {
             listener.metrics.accepted_mqtt.inc();

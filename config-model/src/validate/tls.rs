@@ -132,7 +132,7 @@ impl Validator {
             }
         }
         for (i, cidr) in tls.plaintext_sources.iter().enumerate() {
-            if let Err(message) = check_cidr(cidr) {
+            if let Err(message) = cidr.parse::<crate::values::Cidr>() {
                 self.error(format!("{path}.plaintext_sources[{i}]"), message);
             }
         }
@@ -201,14 +201,4 @@ impl Validator {
         }
         self.alpn(&format!("{path}.alpn"), &tls.alpn);
     }
-}
-
-fn check_cidr(text: &str) -> Result<(), String> {
-    let (address, prefix) = text.split_once('/').unwrap_or((text, ""));
-    let ip: std::net::IpAddr = address.parse().map_err(|_| format!("invalid CIDR {text:?}"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    if !prefix.is_empty() && prefix.parse::<u8>().ok().is_none_or(|p| p > max) {
-        return Err(format!("invalid CIDR {text:?}: prefix must be 0 to {max}"));
-    }
-    Ok(())
 }

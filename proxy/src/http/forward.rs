@@ -37,7 +37,7 @@ pub struct ConnContext {
     pub client: SocketAddr,
     pub downstream: Version,
     /// SNI and peer identity of a TLS connection.
-    pub tls: Arc<crate::tls::ConnTls>,
+    pub tls: crate::tls::ConnTls,
 }
 
 /// A request's view for route matching.

@@ -11,11 +11,11 @@ pub mod identity;
 pub mod server;
 pub mod watch;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
+pub use config_model::Cidr;
 pub use identity::{AllowList, PeerIdentity};
 
 /// What a TLS handshake with a client established, for routing and logs.
@@ -60,52 +60,6 @@ pub fn provider(names: &[String]) -> Result<Arc<CryptoProvider>, String> {
         provider.cipher_suites = chosen;
     }
     Ok(Arc::new(provider))
-}
-
-/// An IPv4 or IPv6 network, `10.0.0.0/8` or a bare address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (address, prefix) = match text.split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix)),
-            None => (text, None),
-        };
-        let network: IpAddr = address.trim().parse().map_err(|_| format!("invalid CIDR {text:?}"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(prefix) => prefix.trim().parse::<u8>().ok().filter(|p| *p <= max),
-            None => Some(max),
-        }
-        .ok_or_else(|| format!("invalid CIDR {text:?}: prefix must be 0 to {max}"))?;
-        Ok(Cidr { network, prefix })
-    }
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
 }
 
 /// A short metric reason for a failed handshake.

@@ -65,7 +65,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     slot: usize,
     client: SocketAddr,
-    tls: Arc<ConnTls>,
+    tls: ConnTls,
 ) {
     let mut connection = Connection {
         tls,
@@ -106,7 +106,7 @@ struct Connection {
     client: SocketAddr,
     stream: ClientStream,
     /// SNI and peer identity of a TLS connection.
-    tls: Arc<ConnTls>,
+    tls: ConnTls,
     /// Client bytes not yet consumed; starts at the current request.
     buf: BytesMut,
     head: RequestHead,
