@@ -15,6 +15,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod bootstrap;
 mod jwt;
 mod model;
 mod mqtt;
@@ -26,6 +27,7 @@ mod values;
 
 use std::path::Path;
 
+pub use bootstrap::*;
 pub use jwt::*;
 pub use model::*;
 pub use mqtt::*;
@@ -83,17 +85,47 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, LoadError> {
 }
 
 pub fn from_json_str(text: &str) -> Result<Config, LoadError> {
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let config: Config = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|error| LoadError::Parse { at: path_text(error.path()), message: error.into_inner().to_string() })?;
-    deserializer.end().map_err(|error| LoadError::Parse { at: String::new(), message: error.to_string() })?;
-    Ok(config)
+    parse_json(text)
 }
 
 pub fn from_yaml_str(text: &str) -> Result<Config, LoadError> {
+    parse_yaml(text)
+}
+
+/// Parses a bootstrap file's text (not validated; see [`validate_bootstrap`]).
+pub fn bootstrap_from_str(text: &str, format: Format) -> Result<Bootstrap, LoadError> {
+    match format {
+        Format::Yaml => parse_yaml(text),
+        Format::Json => parse_json(text),
+    }
+}
+
+/// Reads, parses and validates a bootstrap file; the error lists every problem.
+pub fn load_bootstrap(path: &Path) -> Result<Bootstrap, Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+    let bootstrap = bootstrap_from_str(&text, Format::from_path(path)).map_err(|error| vec![error.to_string()])?;
+    validate_bootstrap(&bootstrap).map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    Ok(bootstrap)
+}
+
+/// The JSON Schema of [`Bootstrap`].
+pub fn bootstrap_json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(Bootstrap);
+    serde_json::to_value(&schema).expect("a schema is always valid JSON")
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, LoadError> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|error| LoadError::Parse { at: path_text(error.path()), message: error.into_inner().to_string() })?;
+    deserializer.end().map_err(|error| LoadError::Parse { at: String::new(), message: error.to_string() })?;
+    Ok(value)
+}
+
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, LoadError> {
     let mut at = String::new();
     let result = serde_saphyr::with_deserializer_from_str(text, |deserializer| {
-        serde_path_to_error::deserialize::<_, Config>(deserializer).map_err(|error| {
+        serde_path_to_error::deserialize::<_, T>(deserializer).map_err(|error| {
             at = path_text(error.path());
             error.into_inner()
         })

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::app::Control;
 use crate::policy::breaker::BreakerState;
 use crate::policy::outlier::{EJECTED, HEALTH_CHECK_FAILED};
-use crate::state::Shared;
+use crate::state::{Shared, SourceInfo};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -94,14 +94,33 @@ fn respond(
             let table = shared.table.load();
             json_response(&*table.config)
         }
+        "/config/source" => json_response(&config_source(shared)),
         "/clusters" => json_response(&clusters(shared)),
         "/certs" => json_response(&certs(shared)),
         "/" => text(
             StatusCode::OK,
-            "GET  /ready /live /metrics /config /clusters /certs\nPOST /drain /quitquitquit /reload (loopback only)\n",
+            "GET  /ready /live /metrics /config /config/source /clusters /certs\nPOST /drain /quitquitquit /reload (loopback only)\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Where the live config came from and, with a control plane, how the
+/// client stands (live version, last rejection, last fetch error).
+fn config_source(shared: &Shared) -> serde_json::Value {
+    let table = shared.table.load();
+    let mut source = match &shared.source {
+        SourceInfo::File(path) => json!({ "kind": "file", "path": path.display().to_string() }),
+        SourceInfo::ControlPlane(sync) => {
+            let mut state = serde_json::to_value(sync.state()).unwrap_or_default();
+            state["kind"] = json!("control_plane");
+            state
+        }
+    };
+    source["generation"] = json!(table.generation);
+    source["config_hash"] = json!(format!("{:016x}", table.config_hash));
+    source["config_version"] = json!(table.config.version);
+    source
 }
 
 /// Every certificate in use: where, its names and how long it has left.

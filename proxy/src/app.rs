@@ -28,18 +28,33 @@ use crate::listen::bind_group;
 use crate::metrics::{ConfigInfoLabels, Metrics, ReloadLabels};
 use crate::route::compile::compile;
 use crate::route::RouteTable;
-use crate::state::{ConnectionTracker, Lifecycle, Registry, Shared};
+use crate::state::{ConnectionTracker, Lifecycle, Registry, Shared, SourceInfo};
 use crate::worker::{Command, Worker};
+
+/// Where the config comes from.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// A local file (YAML, or JSON when it ends in `.json`), reloaded on
+    /// SIGHUP, `POST /reload` and, when watched, on change.
+    File(PathBuf),
+    /// Pulled from a control plane (see the `controlplane-client` crate);
+    /// SIGHUP and `POST /reload` ask it at once.
+    ControlPlane {
+        settings: Box<config_model::ControlPlane>,
+        /// A bearer token given outside the bootstrap file (environment).
+        token: Option<String>,
+    },
+}
 
 /// How the proxy is started.
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub config_path: PathBuf,
+    pub source: ConfigSource,
     /// Worker threads (each with its own runtime and listener sockets).
     pub workers: usize,
     /// Overrides `admin.bind` of the config.
     pub admin: Option<SocketAddr>,
-    /// Reload when the config file changes.
+    /// Reload when the config file changes (file source only).
     pub watch_config: bool,
     /// Handle SIGTERM/SIGINT (drain) and SIGHUP (reload). Off for in-process tests.
     pub handle_signals: bool,
@@ -87,6 +102,8 @@ pub enum ReloadOutcome {
 
 pub(crate) enum Control {
     Reload(Option<oneshot::Sender<Result<ReloadOutcome, String>>>),
+    /// A config from the control-plane client (or its persisted copy).
+    Apply(controlplane_client::Update, oneshot::Sender<Result<ReloadOutcome, String>>),
     /// Stop accepting and tell connections to finish (no exit).
     Drain,
     /// Drain, wait for connections up to the drain timeout, exit.
@@ -154,10 +171,26 @@ impl Drop for ProxyHandle {
 /// Loads, validates and compiles the config, binds every socket, starts the
 /// workers and the control thread. Returns once the proxy is ready.
 pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
-    let text = std::fs::read(&options.config_path)
-        .map_err(|error| StartError::Config(vec![format!("cannot read {}: {error}", options.config_path.display())]))?;
-    let config = parse_and_validate(&text, &options.config_path).map_err(StartError::Config)?;
-    let metrics = Metrics::new();
+    let mut metrics = Metrics::new();
+    // A proxy fed by a control plane starts with no listeners and is not
+    // ready until its client has applied a config (or the persisted one).
+    let (text, config, syncer) = match &options.source {
+        ConfigSource::File(path) => {
+            let text = std::fs::read(path)
+                .map_err(|error| StartError::Config(vec![format!("cannot read {}: {error}", path.display())]))?;
+            let config = parse_and_validate(&text, &path.display().to_string(), config_model::Format::from_path(path))
+                .map_err(StartError::Config)?;
+            (text, config, None)
+        }
+        ConfigSource::ControlPlane { settings, token } => {
+            let stats = controlplane_client::Stats::default();
+            stats.register(metrics.registry_mut());
+            let syncer = controlplane_client::Syncer::new(settings, token.clone(), stats)
+                .map_err(|error| StartError::Config(vec![error.to_string()]))?;
+            let empty = config_model::from_yaml_str("{}").map_err(|e| StartError::Config(vec![e.to_string()]))?;
+            (Vec::new(), empty, Some(syncer))
+        }
+    };
     let registry = Registry::default();
     let config = Arc::new(config);
     let table = compile(config.clone(), hash64(&text), 1, &registry, &metrics)
@@ -194,8 +227,14 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
         bound.insert(listener.name.clone(), (listener.bind.as_str().to_owned(), sockets));
     }
 
+    let source = match (&options.source, &syncer) {
+        (_, Some(syncer)) => SourceInfo::ControlPlane(syncer.handle()),
+        (ConfigSource::File(path), None) => SourceInfo::File(path.clone()),
+        (ConfigSource::ControlPlane { .. }, None) => unreachable!("a control-plane source always has a syncer"),
+    };
     let shared = Arc::new(Shared {
         table: ArcSwap::from_pointee(table),
+        source,
         metrics,
         registry,
         lifecycle: Lifecycle::default(),
@@ -225,6 +264,7 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
     // Everything the control thread serves is set up here, before the proxy
     // says it is ready: a SIGTERM or a config change right after the ready
     // line must find its handler in place.
+    let (started, started_signal) = std::sync::mpsc::sync_channel::<()>(1);
     let watcher = {
         let _context = runtime.enter();
         let admin_listener = tokio::net::TcpListener::from_std(admin_socket)?;
@@ -233,10 +273,16 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
         if options.handle_signals {
             spawn_signal_handlers(control.clone())?;
         }
-        if options.watch_config {
-            watch_config(&options.config_path, control.clone())
-        } else {
-            None
+        match (&options.source, syncer) {
+            (ConfigSource::File(path), _) if options.watch_config => watch_config(path, control.clone()),
+            (_, Some(syncer)) => {
+                let sink = ControlSink { control: control.clone(), shared: shared.clone() };
+                runtime.spawn(syncer.run(sink, move || {
+                    let _ = started.send(());
+                }));
+                None
+            }
+            _ => None,
         }
     };
     let controller = Controller {
@@ -252,27 +298,36 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
     let thread = std::thread::Builder::new()
         .name("edgeplane-control".into())
         .spawn(move || runtime.block_on(controller.run(commands, watcher)))?;
-    shared.lifecycle.set_ready();
+    match &options.source {
+        ConfigSource::File(_) => shared.lifecycle.set_ready(),
+        // Returns once the client's first attempt is over (bounded by its
+        // timeouts); readiness then follows its policy.
+        ConfigSource::ControlPlane { .. } => {
+            let _ = started_signal.recv();
+        }
+    }
     let bound_addrs = {
         let addrs = listener_addrs.lock().unwrap_or_else(|e| e.into_inner());
         let mut pairs: Vec<String> = addrs.iter().map(|(name, addr)| format!("{name}={addr}")).collect();
         pairs.sort();
         pairs.join(",")
     };
+    let live = shared.table.load();
     tracing::info!(
         admin = %admin_addr,
         listeners = %bound_addrs,
         workers,
-        clusters = config.clusters.len(),
+        clusters = live.config.clusters.len(),
+        ready = shared.lifecycle.is_ready(),
         "edgeplane ready"
     );
     Ok(ProxyHandle { shared, admin_addr, listener_addrs, control, thread: Some(thread) })
 }
 
-fn parse_and_validate(text: &[u8], path: &Path) -> Result<Config, Vec<String>> {
-    let text = std::str::from_utf8(text).map_err(|_| vec![format!("{}: not UTF-8", path.display())])?;
-    let config =
-        config_model::from_str(text, config_model::Format::from_path(path)).map_err(|e| vec![e.to_string()])?;
+/// `origin` names the text in errors (a path or a URL).
+fn parse_and_validate(text: &[u8], origin: &str, format: config_model::Format) -> Result<Config, Vec<String>> {
+    let text = std::str::from_utf8(text).map_err(|_| vec![format!("{origin}: not UTF-8")])?;
+    let config = config_model::from_str(text, format).map_err(|e| vec![e.to_string()])?;
     config_model::validate(&config).map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     Ok(config)
 }
@@ -321,10 +376,29 @@ impl Controller {
         while let Some(command) = commands.recv().await {
             match command {
                 Control::Reload(reply) => {
-                    let outcome = self.reload();
+                    let outcome = match &self.shared.source {
+                        SourceInfo::File(path) => {
+                            let path = path.clone();
+                            self.reload(|| {
+                                let text =
+                                    std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                                Ok((text, path.display().to_string(), config_model::Format::from_path(&path)))
+                            })
+                        }
+                        SourceInfo::ControlPlane(sync) => {
+                            sync.poll_now();
+                            Err("the config comes from the control plane: it is being asked now".into())
+                        }
+                    };
                     if let Some(reply) = reply {
                         let _ = reply.send(outcome);
                     }
+                }
+                Control::Apply(update, reply) => {
+                    let controlplane_client::Update { snapshot, origin: _ } = update;
+                    let outcome =
+                        self.reload(move || Ok((snapshot.body.to_vec(), snapshot.location.clone(), snapshot.format)));
+                    let _ = reply.send(outcome);
                 }
                 Control::Drain => {
                     self.stop_accepting().await;
@@ -373,8 +447,13 @@ impl Controller {
         }
     }
 
-    fn reload(&mut self) -> Result<ReloadOutcome, String> {
-        let result = self.try_reload();
+    /// Applies the config `read` returns: its text, where it came from
+    /// (for errors) and its format.
+    fn reload(
+        &mut self,
+        read: impl FnOnce() -> Result<(Vec<u8>, String, config_model::Format), String>,
+    ) -> Result<ReloadOutcome, String> {
+        let result = read().and_then(|(text, origin, format)| self.try_reload(&text, &origin, format));
         let label = match &result {
             Ok(ReloadOutcome::Applied(generation)) => {
                 tracing::info!(generation, "config reloaded");
@@ -393,17 +472,15 @@ impl Controller {
         result
     }
 
-    fn try_reload(&mut self) -> Result<ReloadOutcome, String> {
+    fn try_reload(&mut self, text: &[u8], origin: &str, format: config_model::Format) -> Result<ReloadOutcome, String> {
         if self.shared.lifecycle.is_draining() {
             return Err("draining: reloads are ignored".into());
         }
-        let path = &self.options.config_path;
-        let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let hash = hash64(&text);
+        let hash = hash64(text);
         if hash == self.shared.table.load().config_hash {
             return Ok(ReloadOutcome::Unchanged);
         }
-        let config = Arc::new(parse_and_validate(&text, path).map_err(|errors| errors.join("; "))?);
+        let config = Arc::new(parse_and_validate(text, origin, format).map_err(|errors| errors.join("; "))?);
         if self.options.admin.is_none() && config.admin.bind != self.shared.table.load().config.admin.bind {
             tracing::warn!(
                 bind = config.admin.bind.as_str(),
@@ -467,6 +544,31 @@ impl Controller {
             }
         }
         Ok(ReloadOutcome::Applied(generation))
+    }
+}
+
+/// Hands the control-plane client's configs to the control loop, which
+/// applies them exactly as it applies file reloads.
+struct ControlSink {
+    control: mpsc::UnboundedSender<Control>,
+    shared: Arc<Shared>,
+}
+
+impl controlplane_client::ConfigSink for ControlSink {
+    fn apply(
+        &self,
+        update: controlplane_client::Update,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        let (reply, outcome) = oneshot::channel();
+        let sent = self.control.send(Control::Apply(update, reply));
+        async move {
+            sent.map_err(|_| "the proxy is stopping".to_owned())?;
+            outcome.await.map_err(|_| "the proxy is stopping".to_owned())?.map(|_| ())
+        }
+    }
+
+    fn ready(&self) {
+        self.shared.lifecycle.set_ready();
     }
 }
 

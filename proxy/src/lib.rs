@@ -31,4 +31,4 @@ pub mod tls;
 pub mod upstream;
 pub mod worker;
 
-pub use app::{start, Options, ProxyHandle, ReloadOutcome, RuntimeModel, StartError};
+pub use app::{start, ConfigSource, Options, ProxyHandle, ReloadOutcome, RuntimeModel, StartError};

@@ -25,8 +25,21 @@ enum Command {
     /// Run the proxy.
     Run {
         /// Config file (YAML, or JSON when it ends in .json).
-        #[arg(long, short, env = "EDGEPLANE_CONFIG")]
-        config: PathBuf,
+        #[arg(long, short, env = "EDGEPLANE_CONFIG", required_unless_present_any = ["control_plane", "bootstrap"], conflicts_with_all = ["control_plane", "bootstrap"])]
+        config: Option<PathBuf>,
+        /// Pull the config from this control-plane URL instead (a file, or a
+        /// Pipy-repo codebase when it ends in `/`); overrides the bootstrap
+        /// file's `control_plane.url`.
+        #[arg(long, env = "EDGEPLANE_CONTROL_PLANE")]
+        control_plane: Option<String>,
+        /// Bootstrap file: the control plane's URL, TLS, token, polling and
+        /// persistence settings (see docs/configuration.md "Bootstrap").
+        #[arg(long, env = "EDGEPLANE_BOOTSTRAP")]
+        bootstrap: Option<PathBuf>,
+        /// Where the last config from the control plane is kept; overrides
+        /// the bootstrap file's `control_plane.persist`.
+        #[arg(long, env = "EDGEPLANE_PERSIST")]
+        persist: Option<PathBuf>,
         /// Worker threads; default: the CPUs this process may use.
         #[arg(long, env = "EDGEPLANE_WORKERS")]
         workers: Option<usize>,
@@ -43,8 +56,17 @@ enum Command {
     },
     /// Validate a config and print every problem found (exit 1 if any).
     Check {
-        #[arg(long, short, env = "EDGEPLANE_CONFIG")]
-        config: PathBuf,
+        #[arg(
+            long,
+            short,
+            env = "EDGEPLANE_CONFIG",
+            required_unless_present = "bootstrap",
+            conflicts_with = "bootstrap"
+        )]
+        config: Option<PathBuf>,
+        /// Check a bootstrap file instead.
+        #[arg(long)]
+        bootstrap: Option<PathBuf>,
     },
     /// Print the JSON Schema of the config.
     Schema,
@@ -57,20 +79,33 @@ fn main() -> ExitCode {
             println!("{:#}", config_model::json_schema());
             ExitCode::SUCCESS
         }
-        Command::Check { config } => match config_model::load_and_validate(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                eprintln!("{}: {} error(s)", config.display(), errors.len());
-                for error in errors {
-                    eprintln!("  {error}");
+        Command::Check { config, bootstrap } => {
+            let (path, result) = match (config, bootstrap) {
+                (Some(config), _) => {
+                    let result = config_model::load_and_validate(&config).map(drop);
+                    (config, result)
                 }
-                ExitCode::FAILURE
+                (None, Some(bootstrap)) => {
+                    let result = config_model::load_bootstrap(&bootstrap).map(drop);
+                    (bootstrap, result)
+                }
+                (None, None) => unreachable!("clap requires one"),
+            };
+            match result {
+                Ok(()) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{}: {} error(s)", path.display(), errors.len());
+                    for error in errors {
+                        eprintln!("  {error}");
+                    }
+                    ExitCode::FAILURE
+                }
             }
-        },
-        Command::Run { config, workers, admin, no_watch, shared_runtime } => {
+        }
+        Command::Run { config, control_plane, bootstrap, persist, workers, admin, no_watch, shared_runtime } => {
             let _log_guard = match logging::init(&cli.log_level, cli.log_format) {
                 Ok(guard) => guard,
                 Err(error) => {
@@ -79,8 +114,18 @@ fn main() -> ExitCode {
                 }
             };
             let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+            let (source, admin) = match config_source(config, control_plane, bootstrap, persist, admin) {
+                Ok(chosen) => chosen,
+                Err(errors) => {
+                    eprintln!("edgeplane: invalid bootstrap:");
+                    for error in errors {
+                        eprintln!("  {error}");
+                    }
+                    return ExitCode::FAILURE;
+                }
+            };
             let options = edgeplane::Options {
-                config_path: config,
+                source,
                 workers,
                 admin,
                 watch_config: !no_watch,
@@ -104,4 +149,46 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The config file, or the control plane from the bootstrap file and the
+/// flags; with a control plane, the admin address is the bootstrap's
+/// unless `--admin` says otherwise.
+fn config_source(
+    config: Option<PathBuf>,
+    url: Option<String>,
+    bootstrap: Option<PathBuf>,
+    persist: Option<PathBuf>,
+    admin: Option<SocketAddr>,
+) -> Result<(edgeplane::ConfigSource, Option<SocketAddr>), Vec<String>> {
+    if let Some(config) = config {
+        return Ok((edgeplane::ConfigSource::File(config), admin));
+    }
+    let mut chosen = match &bootstrap {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+            config_model::bootstrap_from_str(&text, config_model::Format::from_path(path))
+                .map_err(|e| vec![format!("{}: {e}", path.display())])?
+        }
+        None => config_model::Bootstrap {
+            control_plane: config_model::ControlPlane::new(String::new()),
+            admin: Default::default(),
+        },
+    };
+    if let Some(url) = url {
+        chosen.control_plane.url = url;
+    }
+    if let Some(persist) = persist {
+        chosen.control_plane.persist = Some(persist.display().to_string());
+    }
+    config_model::validate_bootstrap(&chosen)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let admin = match admin {
+        Some(admin) => admin,
+        None => chosen.admin.bind.parse().map_err(|message| vec![format!("admin.bind: {message}")])?,
+    };
+    let token = std::env::var("EDGEPLANE_CONTROL_PLANE_TOKEN").ok().filter(|token| !token.is_empty());
+    let source = edgeplane::ConfigSource::ControlPlane { settings: Box::new(chosen.control_plane), token };
+    Ok((source, Some(admin)))
 }

@@ -217,6 +217,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// For metrics owned elsewhere (the control-plane client's), registered
+    /// before the proxy starts.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("edgeplane");
         let metrics = Metrics {

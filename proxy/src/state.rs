@@ -20,11 +20,19 @@ use crate::route::{EndpointState, RouteTable};
 
 pub struct Shared {
     pub table: ArcSwap<RouteTable>,
+    /// Where the live config came from, for `/config/source`.
+    pub source: SourceInfo,
     pub metrics: Metrics,
     pub registry: Registry,
     pub lifecycle: Lifecycle,
     pub connections: Arc<ConnectionTracker>,
     pub access_log: AccessLogger,
+}
+
+/// Where configs come from.
+pub enum SourceInfo {
+    File(std::path::PathBuf),
+    ControlPlane(controlplane_client::SyncHandle),
 }
 
 /// Stable identities: listener slots and endpoint states. Only the config

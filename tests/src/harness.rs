@@ -51,7 +51,7 @@ impl TestProxy {
         let config_path = dir.path().join("edgeplane.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
         let handle = edgeplane::start(Options {
-            config_path: config_path.clone(),
+            source: edgeplane::ConfigSource::File(config_path.clone()),
             workers,
             admin: Some(admin),
             watch_config: false,
@@ -59,6 +59,30 @@ impl TestProxy {
             runtime: edgeplane::RuntimeModel::default(),
         })?;
         Ok(TestProxy { handle, config_path, _dir: dir })
+    }
+
+    /// Starts a proxy (two workers, admin on an ephemeral port) fed by a
+    /// control plane: returns after the client's first attempt, whether or
+    /// not a config applied.
+    pub async fn start_control_plane(settings: config_model::ControlPlane) -> Result<TestProxy, StartError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = Options {
+            source: edgeplane::ConfigSource::ControlPlane { settings: Box::new(settings), token: None },
+            workers: 2,
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            watch_config: false,
+            handle_signals: false,
+            runtime: edgeplane::RuntimeModel::default(),
+        };
+        // Start-up blocks until the client's first attempt is over.
+        let handle = tokio::task::spawn_blocking(move || edgeplane::start(options)).await.expect("start panicked")?;
+        Ok(TestProxy { handle, config_path: dir.path().join("no-config-file"), _dir: dir })
+    }
+
+    /// The bound address of a listener, if it is bound (a proxy fed by a
+    /// control plane may not have it yet).
+    pub fn try_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.handle.listener_addr(listener)
     }
 
     /// The bound address of a listener.

@@ -33,8 +33,12 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 /// The environment variables the binary reads. They are removed from every
 /// child's environment (tests add what they need), so the developer's shell
 /// cannot change what a test sees.
-pub const ENV_VARS: [&str; 6] = [
+pub const ENV_VARS: [&str; 10] = [
     "EDGEPLANE_CONFIG",
+    "EDGEPLANE_CONTROL_PLANE",
+    "EDGEPLANE_BOOTSTRAP",
+    "EDGEPLANE_PERSIST",
+    "EDGEPLANE_CONTROL_PLANE_TOKEN",
     "EDGEPLANE_WORKERS",
     "EDGEPLANE_ADMIN",
     "EDGEPLANE_LOG_LEVEL",
@@ -334,15 +338,40 @@ impl ProxyProcess {
     }
 
     async fn start(yaml: &str, extra_args: &[&str], confirm_with_admin: bool) -> Result<ProxyProcess, StartFailure> {
-        let binary = binary_async().await;
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("edgeplane.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
+        let source = vec!["--config".to_owned(), config_path.display().to_string()];
+        Self::start_source(dir, config_path, source, extra_args, confirm_with_admin).await
+    }
 
+    /// Runs `edgeplane --log-format json run SOURCE_ARGS… --workers 2 --admin 127.0.0.1:0 EXTRA_ARGS…`
+    /// for a proxy fed by a control plane (`--control-plane URL`, `--bootstrap FILE`).
+    /// With `confirm_ready`, `GET /ready` must answer 200 right after the
+    /// ready line (the proxy got a config); without, only the line is awaited.
+    pub async fn spawn_source(
+        source_args: &[&str],
+        extra_args: &[&str],
+        confirm_ready: bool,
+    ) -> Result<ProxyProcess, StartFailure> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("no-config-file");
+        let source = source_args.iter().map(|arg| (*arg).to_owned()).collect();
+        Self::start_source(dir, config_path, source, extra_args, confirm_ready).await
+    }
+
+    async fn start_source(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        source: Vec<String>,
+        extra_args: &[&str],
+        confirm_with_admin: bool,
+    ) -> Result<ProxyProcess, StartFailure> {
+        let binary = binary_async().await;
         let mut command = Command::new(&binary);
         command
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&config_path)
+            .args(["--log-format", "json", "run"])
+            .args(&source)
             .args(["--workers", "2", "--admin", "127.0.0.1:0"])
             .args(extra_args)
             .stdin(Stdio::null())
