@@ -40,9 +40,12 @@ fn every_schema_name_is_documented() {
 
     let mut names = BTreeSet::new();
     schema_names(&config_model::json_schema(), &mut names);
+    schema_names(&config_model::bootstrap_json_schema(), &mut names);
     // Guard the walk itself: if the schema's shape changes so that it finds
     // nothing, the check below would pass vacuously.
-    for expected in ["max_header_bytes", "hash_on", "match", "round_robin", "ring_hash", "auto", "source_ip"] {
+    for expected in
+        ["max_header_bytes", "hash_on", "match", "round_robin", "ring_hash", "auto", "source_ip", "long_poll", "fresh"]
+    {
         assert!(names.contains(expected), "the schema walk missed {expected:?}; found {names:?}");
     }
 

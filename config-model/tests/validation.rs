@@ -305,6 +305,22 @@ fn every_example_config_is_valid() {
         }
     }
     assert!(checked >= 2, "found {checked} example configs");
+    // The control-plane demo serves configs from a directory of its own.
+    let served = dir.join("controlplane/edgeplane.yaml");
+    let config = config_model::load_file(&served).unwrap_or_else(|e| panic!("{}: {e}", served.display()));
+    assert_eq!(errors(&config), Vec::<String>::new(), "{}", served.display());
+}
+
+#[test]
+fn every_example_bootstrap_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bootstrap");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/bootstrap/") {
+        let path = entry.expect("dir entry").path();
+        config_model::load_bootstrap(&path).unwrap_or_else(|errors| panic!("{}: {errors:?}", path.display()));
+        checked += 1;
+    }
+    assert!(checked >= 2, "found {checked} example bootstraps");
 }
 
 #[test]

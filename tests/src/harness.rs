@@ -179,3 +179,9 @@ pub fn cluster(name: &str, endpoints: &[SocketAddr]) -> String {
     let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     format!("  - name: {name}\n    endpoints: [ {} ]\n", list.join(", "))
 }
+
+/// A loopback port that was free a moment ago, for a config that must name
+/// its port before the process that binds it starts (across restarts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}

@@ -804,3 +804,53 @@ impl Drop for Nginx {
         let _ = self.child.start_kill();
     }
 }
+
+/// The real binary, across a real restart: `--control-plane` and
+/// `--persist` on the command line; the second process starts while the
+/// control plane is down and serves what the first one persisted. A damaged
+/// file and a missing one each get a clear log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_restarted_during_an_outage_serves_the_persisted_config() {
+    use edgeplane_tests::process::{ProxyProcess, Signal};
+    edgeplane_tests::process::binary_async().await;
+    guard(async {
+        let up = HttpUpstream::start("a", HttpProto::Http1).await;
+        let mut cp = Cp::start().await;
+        let port = edgeplane_tests::harness::free_port();
+        cp.write("c.yaml", &config(up.addr(), "v1").replace("127.0.0.1:0", &format!("127.0.0.1:{port}")));
+        let state = tempfile::tempdir().unwrap();
+        let persist = state.path().join("last.json").display().to_string();
+        let url = cp.url("c.yaml");
+        let args = ["--control-plane", url.as_str(), "--persist", persist.as_str()];
+        let web: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+        let mut first = ProxyProcess::spawn_source(&args, &[], true).await.unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(served(web).await.unwrap(), "v1");
+        first.signal(Signal::Term);
+        assert!(first.wait_exit(Duration::from_secs(30)).await.is_some_and(|s| s.success()));
+        cp.stop().await;
+
+        let second = ProxyProcess::spawn_source(&args, &[], true).await.unwrap_or_else(|f| panic!("{f}"));
+        second.wait_for_stderr("starting from the persisted config", Duration::from_secs(10)).await;
+        assert_eq!(served(web).await.unwrap(), "v1", "the persisted config serves");
+        drop(second);
+
+        // Damaged: ignored with a line that names the file; nothing served.
+        let text = std::fs::read_to_string(&persist).unwrap();
+        std::fs::write(&persist, text.replace("v1", "v9")).unwrap();
+        let third = ProxyProcess::spawn_source(&args, &[], false).await.unwrap_or_else(|f| panic!("{f}"));
+        let line = third.wait_for_stderr("is damaged", Duration::from_secs(10)).await;
+        assert!(line.contains(&persist) && line.contains("checksum mismatch"), "{line}");
+        let (status, _, _) = edgeplane_tests::client::get(third.admin(), "localhost", "/ready").await;
+        assert_eq!(status, 503);
+        drop(third);
+
+        // None at all: said plainly, and the control plane is asked again.
+        std::fs::remove_file(&persist).unwrap();
+        let fourth = ProxyProcess::spawn_source(&args, &[], false).await.unwrap_or_else(|f| panic!("{f}"));
+        fourth.wait_for_stderr("none persisted yet; serving nothing until it answers", Duration::from_secs(10)).await;
+        cp.restart().await;
+        eventually("applied after the outage", APPLY_WITHIN, || async { served(web).await.is_ok() }).await;
+    })
+    .await;
+}
