@@ -249,6 +249,18 @@ impl Syncer {
             progress.live.iter().map(|live| live.version.as_str()).chain(progress.rejected.as_deref()).collect();
         let polled = self.source.poll(&self.transport, &known, wait).await;
         let recovered = progress.failures > 0 && polled.is_ok();
+        // Before a change is applied, so whoever sees the new config also
+        // sees the outage over.
+        if recovered {
+            tracing::info!(failures = progress.failures, "control plane reachable again");
+            progress.failures = 0;
+            progress.report_pending = true;
+            self.update_state(|state| {
+                if let Some(failure) = &mut state.last_fetch_error {
+                    failure.consecutive = 0;
+                }
+            });
+        }
         match polled {
             Ok(Poll::Unchanged { waited }) => {
                 Stats::count(&self.stats.fetches, "not_modified");
@@ -289,16 +301,6 @@ impl Syncer {
                 return false;
             }
         }
-        if recovered {
-            tracing::info!(failures = progress.failures, "control plane reachable again");
-            progress.failures = 0;
-            progress.report_pending = true;
-            self.update_state(|state| {
-                if let Some(failure) = &mut state.last_fetch_error {
-                    failure.consecutive = 0;
-                }
-            });
-        }
         if progress.report_pending {
             self.report(progress, None, None).await;
         }
@@ -311,9 +313,8 @@ impl Syncer {
         let location = snapshot.location.clone();
         match sink.apply(Update { snapshot: snapshot.clone(), origin }).await {
             Ok(()) => {
-                Stats::count(&self.stats.applies, "applied");
                 let confirmed = origin == Origin::ControlPlane;
-                tracing::info!(%version, origin = origin.label(), "config from the control plane applied");
+                tracing::info!(%version, origin = origin.label(), "config applied");
                 progress.live = Some(LiveVersion { version: version.clone(), origin, confirmed });
                 progress.rejected = None;
                 self.stats.live(&version, origin.label());
@@ -331,12 +332,13 @@ impl Syncer {
                     });
                     state.last_rejected = None;
                 });
+                // Counted last: a count means the attempt is fully recorded.
+                Stats::count(&self.stats.applies, "applied");
                 if origin == Origin::ControlPlane {
                     self.report(progress, Some(&version), None).await;
                 }
             }
             Err(error) => {
-                Stats::count(&self.stats.applies, "rejected");
                 tracing::error!(%version, origin = origin.label(), "config rejected; the previous config stays: {error}");
                 if origin == Origin::ControlPlane {
                     progress.rejected = Some(version.clone());
@@ -345,6 +347,7 @@ impl Syncer {
                     state.last_rejected =
                         Some(Rejection { version: version.clone(), error: error.clone(), at: unix_now() })
                 });
+                Stats::count(&self.stats.applies, "rejected");
                 if origin == Origin::ControlPlane {
                     self.report(progress, Some(&version), Some(&error)).await;
                 }

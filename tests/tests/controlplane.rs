@@ -14,7 +14,7 @@ use std::time::Duration;
 use config_model::ControlPlane;
 use controlplane_client::reference::{self, RunningServer, ServerOptions, ServerTls};
 use edgeplane_tests::client::{simple_request, Http1Conn};
-use edgeplane_tests::harness::{cluster, eventually, guard, TestProxy};
+use edgeplane_tests::harness::{cluster, eventually, find_metric, guard, TestProxy};
 use edgeplane_tests::pki::{self, Ca};
 use edgeplane_tests::upstream::{HttpProto, HttpUpstream};
 use serde_json::Value;
@@ -122,9 +122,23 @@ async fn live_version(proxy: &TestProxy) -> String {
     source(proxy).await["config_version"].as_str().unwrap_or_default().to_owned()
 }
 
+/// Waits until config `tag` is live and the client has recorded every
+/// config it fetched (state, persisted file, counters).
 async fn wait_version(proxy: &TestProxy, tag: &str) {
     let what = format!("config {tag} live");
-    eventually(&what, APPLY_WITHIN, || async { live_version(proxy).await == tag }).await;
+    eventually(&what, APPLY_WITHIN, || async {
+        // The version first: its fetch was counted before it went live.
+        if live_version(proxy).await != tag {
+            return false;
+        }
+        let text = proxy.admin_get("/metrics").await.1;
+        let count = |name: &str, result: &str| find_metric(&text, name, &[("result", result)]).unwrap_or(0.0);
+        let changed = count("edgeplane_controlplane_fetches_total", "changed");
+        let handled = count("edgeplane_controlplane_applies_total", "applied")
+            + count("edgeplane_controlplane_applies_total", "rejected");
+        changed == handled
+    })
+    .await;
 }
 
 async fn cp_metric(proxy: &TestProxy, name: &str, result: &str) -> f64 {
@@ -266,7 +280,11 @@ async fn rejected_configs_are_reported_and_never_apply_partly() {
                 cp_metric(&proxy, "edgeplane_controlplane_applies_total", "rejected").await == rejected
             })
             .await;
-            eventually("NACK recorded", APPLY_WITHIN, || async { cp.last_report()["state"] == "rejected" }).await;
+            eventually("this NACK recorded", APPLY_WITHIN, || async {
+                let report = cp.last_report();
+                report["state"] == "rejected" && report["error"].as_str().is_some_and(|e| e.contains(names))
+            })
+            .await;
             let report = cp.last_report();
             let error = report["error"].as_str().unwrap_or_default();
             assert!(error.contains(names), "{what}: NACK names the problem ({names}): {report}");
@@ -487,9 +505,10 @@ async fn down_at_start_with_nothing_persisted_waits_then_applies() {
         assert_eq!(proxy.admin_get("/ready").await.0, 503);
         assert!(proxy.try_addr("web").is_none());
         cp.restart().await;
-        eventually("applied once the control plane is up", APPLY_WITHIN, || async { proxy.try_addr("web").is_some() })
-            .await;
-        assert!(proxy.handle().is_ready());
+        eventually("applied once the control plane is up", APPLY_WITHIN, || async {
+            proxy.try_addr("web").is_some() && proxy.handle().is_ready()
+        })
+        .await;
         assert_eq!(served(proxy.addr("web")).await.unwrap(), "v1");
     })
     .await;
@@ -824,16 +843,20 @@ async fn the_binary_restarted_during_an_outage_serves_the_persisted_config() {
         let args = ["--control-plane", url.as_str(), "--persist", persist.as_str()];
         let web: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
-        let mut first = ProxyProcess::spawn_source(&args, &[], true).await.unwrap_or_else(|f| panic!("{f}"));
+        // Each process ends (and frees the port) before the next starts.
+        async fn stop(mut process: ProxyProcess) {
+            process.signal(Signal::Term);
+            assert!(process.wait_exit(Duration::from_secs(30)).await.is_some_and(|s| s.success()));
+        }
+        let first = ProxyProcess::spawn_source(&args, &[], true).await.unwrap_or_else(|f| panic!("{f}"));
         assert_eq!(served(web).await.unwrap(), "v1");
-        first.signal(Signal::Term);
-        assert!(first.wait_exit(Duration::from_secs(30)).await.is_some_and(|s| s.success()));
+        stop(first).await;
         cp.stop().await;
 
         let second = ProxyProcess::spawn_source(&args, &[], true).await.unwrap_or_else(|f| panic!("{f}"));
         second.wait_for_stderr("starting from the persisted config", Duration::from_secs(10)).await;
         assert_eq!(served(web).await.unwrap(), "v1", "the persisted config serves");
-        drop(second);
+        stop(second).await;
 
         // Damaged: ignored with a line that names the file; nothing served.
         let text = std::fs::read_to_string(&persist).unwrap();
@@ -843,7 +866,7 @@ async fn the_binary_restarted_during_an_outage_serves_the_persisted_config() {
         assert!(line.contains(&persist) && line.contains("checksum mismatch"), "{line}");
         let (status, _, _) = edgeplane_tests::client::get(third.admin(), "localhost", "/ready").await;
         assert_eq!(status, 503);
-        drop(third);
+        stop(third).await;
 
         // None at all: said plainly, and the control plane is asked again.
         std::fs::remove_file(&persist).unwrap();
