@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use config_model::{ControlPlane, ControlPlaneHttp, KeySource, PemSource};
+use config_model::{ControlPlane, ControlPlaneHttp, PemSource};
 use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -282,7 +282,7 @@ fn client_tls(settings: &ControlPlane, https: bool) -> Result<rustls::ClientConf
             if chain.is_empty() {
                 return Err(SetupError::Tls { what: "cert", message: "no certificate in the file".into() });
             }
-            let key_pem = read_pem(&key_source_as_pem(key), "key")?;
+            let key_pem = read_pem(&key.as_pem_source(), "key")?;
             let key = PrivateKeyDer::from_pem_slice(&key_pem)
                 .map_err(|e| SetupError::Tls { what: "key", message: e.to_string() })?;
             builder
@@ -292,8 +292,4 @@ fn client_tls(settings: &ControlPlane, https: bool) -> Result<rustls::ClientConf
         _ => builder.with_no_client_auth(),
     };
     Ok(config)
-}
-
-fn key_source_as_pem(key: &KeySource) -> PemSource {
-    key.as_pem_source()
 }
