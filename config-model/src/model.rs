@@ -242,6 +242,12 @@ impl Default for TcpOptions {
     }
 }
 
+// Optional policies of routes and clusters are boxed: most routes and
+// clusters of a big config have none of them, and an absent boxed policy costs
+// a pointer rather than the policy's size (Route 968 → 480 bytes, Cluster
+// 824 → 216). Serde and the JSON Schema see through the box. (A plain comment:
+// doc comments become schema descriptions.)
+
 /// A route: match criteria and where matching traffic goes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -263,7 +269,7 @@ pub struct Route {
     /// Answer from the proxy itself, without an upstream (like nginx's
     /// `return`): health endpoints, maintenance pages, redirects. HTTP only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direct_response: Option<DirectResponse>,
+    pub direct_response: Option<Box<DirectResponse>>,
     /// Time allowed from the start of a request until the upstream's response
     /// headers arrive; exceeded → `504`. Streaming bodies after the headers are
     /// not limited by it. Default `60s`; `0s` disables it. HTTP only.
@@ -277,17 +283,17 @@ pub struct Route {
     pub response_headers: HeaderEdits,
     /// Retries of failed tries; none when absent. HTTP only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RetryPolicy>,
+    pub retry: Option<Box<RetryPolicy>>,
     /// Rate limit of the requests this route takes. HTTP only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
+    pub rate_limit: Option<Box<RateLimit>>,
     /// Verify a JSON Web Token on every request of this route; failures get `401`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwt: Option<JwtAuth>,
+    pub jwt: Option<Box<JwtAuth>>,
     /// Who may use this route, by verified peer identity (replaces the
     /// listener's `access`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access: Option<AccessControl>,
+    pub access: Option<Box<AccessControl>>,
 }
 
 /// Request match criteria. All that are given must hold.
@@ -468,13 +474,13 @@ pub struct Cluster {
     pub limits: ClusterLimits,
     /// The osm-edge degrade breaker; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub breaker: Option<DegradeBreaker>,
+    pub breaker: Option<Box<DegradeBreaker>>,
     /// Per-endpoint outlier ejection; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<OutlierDetection>,
+    pub outlier_detection: Option<Box<OutlierDetection>>,
     /// Active health checks; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheck>,
+    pub health_check: Option<Box<HealthCheck>>,
     /// How much a priority level's health is inflated before traffic spills
     /// to the next level: with 1.4, a level keeps all its traffic while at
     /// least 1/1.4 ≈ 72% of its endpoints are healthy.
@@ -482,11 +488,11 @@ pub struct Cluster {
     pub overprovisioning_factor: f64,
     /// Rate limit of all requests to the cluster (the service), over all routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
+    pub rate_limit: Option<Box<RateLimit>>,
     /// TLS to the endpoints (origination, or sidecar mTLS with `mesh`);
     /// plaintext when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<ClusterTls>,
+    pub tls: Option<Box<ClusterTls>>,
 }
 
 /// An upstream endpoint: `"ADDRESS"` or `{ address, weight }`.

@@ -7,19 +7,26 @@
 //! cargo run --release -p edgeplane --example config_scale -- [--services 5000] [--rounds 10]
 //! ```
 //!
-//! Time: every round loads the text into a fresh `Registry` and `Metrics` (a
-//! first load, as at start); dropping the table afterwards is not timed. The
-//! "compile (reload)" line compiles the same config again into the registry
-//! and metrics of the previous round (a reload that finds every endpoint,
-//! policy and metric series already there); it is not part of the total.
+//! Time, in process: every round loads the text into a fresh `Registry` and
+//! `Metrics` (a first load, as at start) in a process that has loaded it
+//! before, so the allocator mostly reuses memory freed by earlier rounds;
+//! dropping the table afterwards is not timed. The "compile (reload)" line
+//! compiles the same config again into the registry and metrics of the
+//! previous round (a reload that finds every endpoint, policy and metric
+//! series already there); it is not part of the total.
 //!
-//! Memory: measured in a fresh child process per format (the parent's heap
-//! holds what earlier rounds freed): the text is generated, VmRSS read
-//! (baseline), the peak reset (`5` → /proc/self/clear_refs), the pipeline
-//! run once, VmHWM read: peak extra = VmHWM − baseline. Retained = VmRSS with
-//! the table (and the registry and metrics it uses) kept alive − baseline;
-//! also after `malloc_trim(0)`, which hands back heap that glibc keeps cached
-//! after the parse's and validation's temporaries are freed.
+//! Time, fresh process: the same load as the first thing a new process does
+//! after generating the text (every page of the table faulted in for the
+//! first time, as at start), in up to 5 child processes per format.
+//!
+//! Memory: measured in those children (the parent's heap holds what earlier
+//! rounds freed): the text is generated, VmRSS read (baseline), the peak
+//! reset (`5` → /proc/self/clear_refs), the pipeline run once, VmHWM read:
+//! peak extra = VmHWM − baseline. Retained = VmRSS with the table (and the
+//! registry and metrics it uses) kept alive − baseline; also after
+//! `malloc_trim(0)`, which hands back heap that glibc keeps cached after the
+//! parse's and validation's temporaries are freed. The largest figure of the
+//! children is shown.
 
 #[path = "../benches/support/scale_config.rs"]
 mod scale_config;
@@ -96,13 +103,22 @@ fn validate(config: &Config) {
     }
 }
 
-fn load(text: &str, format: Format) -> Loaded {
+/// Wall time of each stage of one load: hash, parse, validate, compile.
+type Stages = [Duration; 4];
+
+/// One load into a fresh `Registry` and `Metrics`, timed stage by stage.
+fn load(text: &str, format: Format) -> (Loaded, Stages) {
+    let start = Instant::now();
     let hash = hash64(text.as_bytes());
+    let hashed = Instant::now();
     let config = parse(text, format);
+    let parsed = Instant::now();
     validate(&config);
+    let validated = Instant::now();
     let (registry, metrics) = (Registry::default(), Metrics::new());
     let table = compile(Arc::new(config), hash, 1, &registry, &metrics).expect("generated config compiles");
-    Loaded { table, registry, metrics }
+    let compiled = Instant::now();
+    (Loaded { table, registry, metrics }, [hashed - start, parsed - hashed, validated - parsed, compiled - validated])
 }
 
 fn status_kib(field: &str) -> u64 {
@@ -126,7 +142,8 @@ fn malloc_trim() -> bool {
     false
 }
 
-/// Runs in the child: one load, memory figures on one line (KiB).
+/// Runs in the child: one load in a fresh process, its memory (KiB) and stage
+/// times (µs) on one line.
 fn memory_child(services: usize, format: Format) {
     let text = text(services, format);
     // The generator's JSON value is gone; give its heap back so the baseline is the text.
@@ -134,27 +151,34 @@ fn memory_child(services: usize, format: Format) {
     let baseline = status_kib("VmRSS:");
     std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM (needs /proc/self/clear_refs)");
     let reset = status_kib("VmHWM:");
-    let loaded = load(&text, format);
+    let (loaded, stages) = load(&text, format);
     let peak = status_kib("VmHWM:");
     let retained = status_kib("VmRSS:");
     let trimmed = if malloc_trim() { status_kib("VmRSS:") } else { retained };
     let endpoints: usize = loaded.table.clusters.iter().map(|c| c.endpoints.len()).sum();
+    let us = |d: Duration| d.as_micros();
     println!(
         "memory baseline={baseline} reset={reset} peak={peak} retained={retained} trimmed={trimmed} text={} \
-         endpoints={endpoints}",
-        text.len() / 1024
+         endpoints={endpoints} hash={} parse={} validate={} compile={}",
+        text.len() / 1024,
+        us(stages[0]),
+        us(stages[1]),
+        us(stages[2]),
+        us(stages[3]),
     );
     drop(loaded);
 }
 
-struct Memory {
+/// What one fresh process measured.
+struct Cold {
     baseline: u64,
     peak: u64,
     retained: u64,
     trimmed: u64,
+    stages: Stages,
 }
 
-fn memory(services: usize, format: Format) -> Memory {
+fn cold(services: usize, format: Format) -> Cold {
     let exe = std::env::current_exe().expect("current exe");
     let output = Command::new(exe)
         .args(["--services", &services.to_string(), "--memory-child", format_name(format)])
@@ -170,7 +194,13 @@ fn memory(services: usize, format: Format) -> Memory {
             .parse()
             .expect("a number")
     };
-    Memory { baseline: field("baseline"), peak: field("peak"), retained: field("retained"), trimmed: field("trimmed") }
+    Cold {
+        baseline: field("baseline"),
+        peak: field("peak"),
+        retained: field("retained"),
+        trimmed: field("trimmed"),
+        stages: ["hash", "parse", "validate", "compile"].map(|stage| Duration::from_micros(field(stage))),
+    }
 }
 
 #[derive(Default)]
@@ -210,32 +240,28 @@ fn run_format(services: usize, rounds: usize, format: Format) {
         Samples::default(),
         Samples::default(),
     );
+    let record = |stages: Stages, samples: [&mut Samples; 5]| {
+        let [hash, parse, validate, compile, total] = samples;
+        hash.0.push(stages[0]);
+        parse.0.push(stages[1]);
+        validate.0.push(stages[2]);
+        compile.0.push(stages[3]);
+        total.0.push(stages.iter().sum());
+    };
     // One untimed load warms the allocator and the page cache of the binary.
-    let mut previous = load(&text, format);
+    let (mut previous, _) = load(&text, format);
     for _ in 0..rounds {
-        let start = Instant::now();
-        let h = hash64(text.as_bytes());
-        let hashed = Instant::now();
-        let config = parse(&text, format);
-        let parsed = Instant::now();
-        validate(&config);
-        let validated = Instant::now();
-        let (registry, metrics) = (Registry::default(), Metrics::new());
-        let table = compile(Arc::new(config), h, 1, &registry, &metrics).expect("compiles");
-        let compiled = Instant::now();
-        hash.0.push(hashed - start);
-        parse_t.0.push(parsed - hashed);
-        validate_t.0.push(validated - parsed);
-        compile_t.0.push(compiled - validated);
-        total.0.push(compiled - start);
+        let (loaded, stages) = load(&text, format);
+        record(stages, [&mut hash, &mut parse_t, &mut validate_t, &mut compile_t, &mut total]);
 
         // A reload of the same config into the previous round's registry.
         let config = previous.table.config.clone();
+        let hash = previous.table.config_hash;
         let again = Instant::now();
-        let reloaded = compile(config, h, 2, &previous.registry, &previous.metrics).expect("compiles");
+        let reloaded = compile(config, hash, 2, &previous.registry, &previous.metrics).expect("compiles");
         reload.0.push(again.elapsed());
         drop(reloaded);
-        previous = Loaded { table, registry, metrics };
+        previous = loaded;
     }
 
     let table = &previous.table;
@@ -253,26 +279,46 @@ fn run_format(services: usize, rounds: usize, format: Format) {
         listeners.len(),
         routes
     );
-    println!("  {:<18} {:>11} {:>11}   ({rounds} rounds)", "stage", "median", "max");
-    for (name, samples) in [
-        ("hash", &hash),
-        ("parse", &parse_t),
-        ("validate", &validate_t),
-        ("compile", &compile_t),
-        ("total", &total),
-        ("compile (reload)", &reload),
-    ] {
-        println!("  {name:<18} {} {}", ms(samples.median()), ms(samples.max()));
-    }
     drop(previous);
 
-    let m = memory(services, format);
-    println!("  memory (fresh process, one load):");
-    println!("    baseline RSS (text generated)       {}", mib(m.baseline));
-    println!("    peak extra (VmHWM − baseline)        {}", mib(m.peak.saturating_sub(m.baseline)));
-    println!("    retained (RSS after − baseline)      {}", mib(m.retained.saturating_sub(m.baseline)));
-    println!("    retained after malloc_trim(0)        {}", mib(m.trimmed.saturating_sub(m.baseline)));
+    // The first load of a process: fresh memory (every page faulted in), cold caches.
+    let colds: Vec<Cold> = (0..rounds.min(COLD_RUNS)).map(|_| cold(services, format)).collect();
+    let [mut c_hash, mut c_parse, mut c_validate, mut c_compile, mut c_total] = Default::default();
+    for c in &colds {
+        record(c.stages, [&mut c_hash, &mut c_parse, &mut c_validate, &mut c_compile, &mut c_total]);
+    }
+
+    println!(
+        "  {:<18} {:>11} {:>11}   {:>11} {:>11}",
+        "",
+        "in process",
+        format!("({rounds} rounds)"),
+        "fresh proc",
+        format!("({} runs)", colds.len())
+    );
+    println!("  {:<18} {:>11} {:>11}   {:>11} {:>11}", "stage", "median", "max", "median", "max");
+    for (name, warm, cold) in [
+        ("hash", &hash, &c_hash),
+        ("parse", &parse_t, &c_parse),
+        ("validate", &validate_t, &c_validate),
+        ("compile", &compile_t, &c_compile),
+        ("total", &total, &c_total),
+    ] {
+        println!("  {name:<18} {} {}   {} {}", ms(warm.median()), ms(warm.max()), ms(cold.median()), ms(cold.max()));
+    }
+    println!("  {:<18} {} {}", "compile (reload)", ms(reload.median()), ms(reload.max()));
+
+    // Memory: the largest figure of the fresh processes.
+    let most = |f: fn(&Cold) -> u64| colds.iter().map(f).max().unwrap_or(0);
+    println!("  memory (fresh process, one load; the largest of {} runs):", colds.len());
+    println!("    baseline RSS (text generated)        {}", mib(most(|c| c.baseline)));
+    println!("    peak extra (VmHWM − baseline)        {}", mib(most(|c| c.peak.saturating_sub(c.baseline))));
+    println!("    retained (RSS after − baseline)      {}", mib(most(|c| c.retained.saturating_sub(c.baseline))));
+    println!("    retained after malloc_trim(0)        {}", mib(most(|c| c.trimmed.saturating_sub(c.baseline))));
 }
+
+/// Fresh processes per format (each generates the text again).
+const COLD_RUNS: usize = 5;
 
 fn main() {
     let args = args();
@@ -280,11 +326,14 @@ fn main() {
         memory_child(args.services, format);
         return;
     }
+    // Wall times on a busy machine are not the proxy's: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "config_scale: {} services, {} rounds, {} CPUs",
+        "config_scale: {} services, {} rounds, {} CPUs, load average {}",
         args.services,
         args.rounds,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     for format in [Format::Json, Format::Yaml] {
         run_format(args.services, args.rounds, format);

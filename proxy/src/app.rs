@@ -538,6 +538,8 @@ impl Controller {
 
         self.health_checks.reconcile(&live, &self.shared.metrics);
         let released = self.shared.registry.retain_endpoints(&live);
+        let live_clusters: std::collections::HashSet<&str> = live.clusters.iter().map(|c| &*c.name).collect();
+        self.shared.metrics.retain_clusters(|name| live_clusters.contains(name));
         if !released.is_empty() {
             for worker in &self.workers {
                 worker.send(Command::Release(released.clone()));

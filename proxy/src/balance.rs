@@ -168,8 +168,12 @@ fn build_ring(weights: &[u32], keys: &[String]) -> Box<[(u64, u32)]> {
         if wanted > MAX_RING {
             points = (points * MAX_RING / wanted).max(1);
         }
+        // The point of replica r is hash64 of "{key}#{r}": FNV-1a runs over
+        // the bytes in order, so the "{key}#" part is hashed once.
+        let prefix = fnv1a(fnv1a(FNV_OFFSET, key.as_bytes()), b"#");
         for replica in 0..points {
-            let point = hash64(format!("{key}#{replica}").as_bytes());
+            let mut digits = [0u8; 20];
+            let point = fnv_finish(fnv1a(prefix, decimal(replica, &mut digits)));
             ring.push((point, index as u32));
         }
     }
@@ -180,11 +184,22 @@ fn build_ring(weights: &[u32], keys: &[String]) -> Box<[(u64, u32)]> {
 /// FNV-1a with a murmur3 finalizer: stable across processes and versions (so
 /// every proxy instance sends a key to the same endpoint) and well spread.
 pub fn hash64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv_finish(fnv1a(FNV_OFFSET, bytes))
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `bytes`, continuing from `hash`.
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
     for byte in bytes {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
+    hash
+}
+
+/// The murmur3 finalizer of [`hash64`].
+fn fnv_finish(mut hash: u64) -> u64 {
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^= hash >> 33;
@@ -192,9 +207,38 @@ pub fn hash64(bytes: &[u8]) -> u64 {
     hash ^ (hash >> 33)
 }
 
+/// `n` in decimal (as `format!("{n}")` writes it), in the end of `buffer`.
+fn decimal(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut at = buffer.len();
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buffer[at..];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_points_hash_key_hash_replica() {
+        for n in [0, 7, 9, 10, 159, 65_535, u64::MAX] {
+            let mut digits = [0u8; 20];
+            assert_eq!(decimal(n, &mut digits), n.to_string().as_bytes());
+        }
+        let keys = vec!["10.0.0.1:8080".to_owned(), "[::1]:9000".to_owned()];
+        let ring = build_ring(&[1, 3], &keys);
+        let mut expected: Vec<(u64, u32)> = (0..160)
+            .map(|r| (hash64(format!("{}#{r}", keys[0]).as_bytes()), 0))
+            .chain((0..480).map(|r| (hash64(format!("{}#{r}", keys[1]).as_bytes()), 1)))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(&*ring, &expected[..]);
+    }
 
     fn input() -> PickInput<'static> {
         PickInput { client_ip: "10.0.0.1".parse().unwrap(), hash_header: None }

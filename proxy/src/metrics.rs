@@ -10,26 +10,94 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+/// A label value shared by many series: a route's, cluster's or listener's
+/// name. A big config has a hundred thousand per-route and per-cluster
+/// series; with `Name` every series of one route or cluster shares the name
+/// (one pointer) instead of owning a copy, and a family hashes a label set
+/// from hashes computed once per name instead of rehashing the text for
+/// every lookup (a series is looked up three times when it is created, and
+/// rehashed whenever its family grows). Compared and encoded as its text.
+#[derive(Clone)]
+pub struct Name(Arc<NameInner>);
+
+struct NameInner {
+    hash: u64,
+    text: Box<str>,
+}
+
+impl Name {
+    pub fn new(text: &str) -> Self {
+        // Keyed per process, like the families' own hashers.
+        static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        let hash = std::hash::BuildHasher::hash_one(KEYS.get_or_init(std::hash::RandomState::new), text);
+        Name(Arc::new(NameInner { hash, text: text.into() }))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0.text
+    }
+}
+
+impl From<&str> for Name {
+    fn from(text: &str) -> Self {
+        Name::new(text)
+    }
+}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.hash == other.0.hash && self.0.text == other.0.text)
+    }
+}
+
+impl Eq for Name {}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub listener: String,
-    pub route: String,
-    pub cluster: String,
+    pub listener: Name,
+    pub route: Name,
+    pub cluster: Name,
     pub class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub listener: String,
-    pub route: String,
-    pub cluster: String,
+    pub listener: Name,
+    pub route: Name,
+    pub cluster: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,18 +125,18 @@ pub struct LocalReplyLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
-    pub cluster: String,
+    pub cluster: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectErrorLabels {
-    pub cluster: String,
+    pub cluster: Name,
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
-    pub cluster: String,
+    pub cluster: Name,
     pub limit: &'static str,
 }
 
@@ -101,8 +169,8 @@ pub struct MqttTopicLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
-    pub listener: String,
-    pub cluster: String,
+    pub listener: Name,
+    pub cluster: Name,
     pub direction: &'static str,
 }
 
@@ -185,14 +253,8 @@ pub struct Metrics {
     pub connections_total: Family<ConnectionLabels, Counter>,
     pub downstream_bytes: Family<DirectionLabels, Counter>,
     pub tcp_bytes: Family<TcpLabels, Counter>,
-    pub upstream_connections_active: Family<ClusterLabels, Gauge>,
-    pub upstream_connections_total: Family<ClusterLabels, Counter>,
-    pub upstream_connect_errors: Family<ConnectErrorLabels, Counter>,
-    pub upstream_requests_active: Family<ClusterLabels, Gauge>,
-    pub pool_idle: Family<ClusterLabels, Gauge>,
-    pub upstream_overflow: Family<LimitLabels, Counter>,
-    pub upstream_ejections: Family<ClusterLabels, Counter>,
-    pub upstream_retries: Family<ClusterLabels, Counter>,
+    /// The series of each cluster (`edgeplane_upstream_*`), outside families.
+    clusters: Arc<ClusterSeries>,
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
     pub mqtt_packets: Family<MqttPacketLabels, Counter>,
     pub mqtt_publishes: Family<MqttQosLabels, Counter>,
@@ -200,7 +262,6 @@ pub struct Metrics {
     pub mqtt_topic_publishes: Family<MqttTopicLabels, Counter>,
     pub mqtt_topic_bytes: Family<MqttTopicLabels, Counter>,
     pub tls_handshakes: Family<LocalReplyLabels, Counter>,
-    pub tls_upstream_handshake_errors: Family<ConnectErrorLabels, Counter>,
     pub tls_cert_expiry: Family<CertLabels, Gauge>,
     pub tls_rotations: Family<ReloadLabels, Counter>,
     pub access_denied: Family<LocalReplyLabels, Counter>,
@@ -233,14 +294,7 @@ impl Metrics {
             connections_total: Family::default(),
             downstream_bytes: Family::default(),
             tcp_bytes: Family::default(),
-            upstream_connections_active: Family::default(),
-            upstream_connections_total: Family::default(),
-            upstream_connect_errors: Family::default(),
-            upstream_requests_active: Family::default(),
-            pool_idle: Family::default(),
-            upstream_overflow: Family::default(),
-            upstream_ejections: Family::default(),
-            upstream_retries: Family::default(),
+            clusters: Arc::default(),
             endpoint_healthy: Family::default(),
             mqtt_packets: Family::default(),
             mqtt_publishes: Family::default(),
@@ -248,7 +302,6 @@ impl Metrics {
             mqtt_topic_publishes: Family::default(),
             mqtt_topic_bytes: Family::default(),
             tls_handshakes: Family::default(),
-            tls_upstream_handshake_errors: Family::default(),
             tls_cert_expiry: Family::default(),
             tls_rotations: Family::default(),
             access_denied: Family::default(),
@@ -294,49 +347,9 @@ impl Metrics {
             metrics.tcp_bytes.clone(),
         );
         registry.register(
-            "upstream_connections_active",
-            "Upstream connections open now",
-            metrics.upstream_connections_active.clone(),
-        );
-        registry.register(
-            "upstream_connections",
-            "Upstream connections established",
-            metrics.upstream_connections_total.clone(),
-        );
-        registry.register(
-            "upstream_connect_errors",
-            "Failed upstream connection attempts, by reason",
-            metrics.upstream_connect_errors.clone(),
-        );
-        registry.register(
-            "upstream_requests_active",
-            "Requests in flight to a cluster",
-            metrics.upstream_requests_active.clone(),
-        );
-        registry.register(
-            "upstream_pool_idle_connections",
-            "Idle pooled HTTP/1 upstream connections",
-            metrics.pool_idle.clone(),
-        );
-        registry.register(
-            "upstream_overflow",
-            "Requests refused because a cluster limit was full, by limit",
-            metrics.upstream_overflow.clone(),
-        );
-        registry.register(
-            "upstream_ejections",
-            "Endpoints ejected by outlier detection",
-            metrics.upstream_ejections.clone(),
-        );
-        registry.register(
             "tls_handshakes",
             "TLS handshakes of client connections by listener and result (ok, or why it failed)",
             metrics.tls_handshakes.clone(),
-        );
-        registry.register(
-            "tls_upstream_handshake_errors",
-            "Failed TLS handshakes with upstream endpoints, by cluster and reason",
-            metrics.tls_upstream_handshake_errors.clone(),
         );
         registry.register(
             "tls_certificate_expiry_timestamp_seconds",
@@ -353,7 +366,6 @@ impl Metrics {
             "Connections and requests refused by identity-based access control, by listener and protocol",
             metrics.access_denied.clone(),
         );
-        registry.register("upstream_retries", "Retries sent to a cluster", metrics.upstream_retries.clone());
         registry.register(
             "upstream_endpoint_healthy",
             "1 while an endpoint passes its active health checks, 0 while it fails them",
@@ -400,7 +412,18 @@ impl Metrics {
             "The active config's version label and content hash (value 1)",
             metrics.config_info.clone(),
         );
+        registry.register_collector(Box::new(ClusterCollector(metrics.clusters.clone())));
         Metrics { registry, ..metrics }
+    }
+
+    /// The series of a cluster, made the first time a config has it.
+    pub fn cluster(&self, name: &str) -> Arc<ClusterMetrics> {
+        self.clusters.get(name)
+    }
+
+    /// Drops the series of clusters the live config no longer has.
+    pub fn retain_clusters(&self, live: impl Fn(&str) -> bool) {
+        self.clusters.0.lock().unwrap_or_else(|e| e.into_inner()).retain(|name, _| live(name));
     }
 
     /// Prometheus/OpenMetrics text exposition of every family.
@@ -409,6 +432,150 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// `reason` label values of `edgeplane_upstream_connect_errors_total`.
+pub const CONNECT_ERROR_REASONS: [&str; 5] = ["timeout", "refused", "error", "handshake", "tls"];
+
+/// The series of one cluster, shared by its endpoints.
+///
+/// They live outside label families: a mesh config has thousands of
+/// clusters, and resolving seventeen family entries per cluster (a lock, a
+/// hash and an insert each) was half the time of compiling a 5,000-service
+/// config. Here a new cluster costs one map entry; the series are written
+/// out at scrape time by [`ClusterCollector`] and leave `/metrics` when the
+/// cluster leaves the config (as Envoy drops a removed cluster's stats).
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    pub connections_active: Gauge,
+    pub connections_total: Counter,
+    pub requests_active: Gauge,
+    pub pool_idle: Gauge,
+    /// In [`CONNECT_ERROR_REASONS`] order.
+    pub connect_errors: [Counter; 5],
+    /// In [`OVERLOAD_REASONS`](crate::policy::limits::OVERLOAD_REASONS) order.
+    pub overflow: [Counter; 4],
+    pub ejections: Counter,
+    pub retries: Counter,
+    /// `edgeplane_tls_upstream_handshake_errors_total{cluster, reason="handshake"}`.
+    pub tls_handshake_errors: Counter,
+}
+
+impl ClusterMetrics {
+    pub fn connect_error(&self, reason: &'static str) {
+        if let Some(index) = CONNECT_ERROR_REASONS.iter().position(|known| *known == reason) {
+            self.connect_errors[index].inc();
+        }
+    }
+}
+
+/// Cluster name → its series. Only compiles (get) and publishes (retain)
+/// take the lock, and scrapes for as long as it takes to copy the handles.
+#[derive(Default)]
+struct ClusterSeries(std::sync::Mutex<std::collections::HashMap<Box<str>, Arc<ClusterMetrics>>>);
+
+impl ClusterSeries {
+    fn get(&self, name: &str) -> Arc<ClusterMetrics> {
+        let mut clusters = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = clusters.get(name) {
+            return existing.clone();
+        }
+        let made = Arc::new(ClusterMetrics::default());
+        clusters.insert(name.into(), made.clone());
+        made
+    }
+
+    /// The clusters with their series, by name.
+    fn snapshot(&self) -> Vec<(Name, Arc<ClusterMetrics>)> {
+        let clusters = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut snapshot: Vec<_> = clusters.iter().map(|(name, series)| (Name::new(name), series.clone())).collect();
+        drop(clusters);
+        snapshot.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        snapshot
+    }
+}
+
+/// Writes every cluster's series at scrape time, family by family.
+struct ClusterCollector(Arc<ClusterSeries>);
+
+impl std::fmt::Debug for ClusterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for ClusterCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Help texts end with a full stop, as `Registry::register` writes them.
+        let clusters = self.0.snapshot();
+        let mut family = |name: &str,
+                          help: &str,
+                          metric_type: MetricType,
+                          write: &dyn Fn(&mut MetricEncoder, &Name, &ClusterMetrics) -> Result<(), std::fmt::Error>|
+         -> Result<(), std::fmt::Error> {
+            let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+            for (cluster, series) in &clusters {
+                write(&mut metric, cluster, series)?;
+            }
+            Ok(())
+        };
+        // A series labelled with the cluster only.
+        let one = |metric: &mut MetricEncoder, cluster: &Name, value: &dyn EncodeMetric| {
+            value.encode(metric.encode_family(&ClusterLabels { cluster: cluster.clone() })?)
+        };
+        family("upstream_connections_active", "Upstream connections open now.", MetricType::Gauge, &|m, c, s| {
+            one(m, c, &s.connections_active)
+        })?;
+        family("upstream_connections", "Upstream connections established.", MetricType::Counter, &|m, c, s| {
+            one(m, c, &s.connections_total)
+        })?;
+        family(
+            "upstream_connect_errors",
+            "Failed upstream connection attempts, by reason.",
+            MetricType::Counter,
+            &|m, c, s| {
+                for (reason, counter) in CONNECT_ERROR_REASONS.iter().zip(&s.connect_errors) {
+                    counter.encode(m.encode_family(&ConnectErrorLabels { cluster: c.clone(), reason })?)?;
+                }
+                Ok(())
+            },
+        )?;
+        family("upstream_requests_active", "Requests in flight to a cluster.", MetricType::Gauge, &|m, c, s| {
+            one(m, c, &s.requests_active)
+        })?;
+        family(
+            "upstream_pool_idle_connections",
+            "Idle pooled HTTP/1 upstream connections.",
+            MetricType::Gauge,
+            &|m, c, s| one(m, c, &s.pool_idle),
+        )?;
+        family(
+            "upstream_overflow",
+            "Requests refused because a cluster limit was full, by limit.",
+            MetricType::Counter,
+            &|m, c, s| {
+                for (limit, counter) in crate::policy::limits::OVERLOAD_REASONS.iter().zip(&s.overflow) {
+                    counter.encode(m.encode_family(&LimitLabels { cluster: c.clone(), limit })?)?;
+                }
+                Ok(())
+            },
+        )?;
+        family("upstream_ejections", "Endpoints ejected by outlier detection.", MetricType::Counter, &|m, c, s| {
+            one(m, c, &s.ejections)
+        })?;
+        family("upstream_retries", "Retries sent to a cluster.", MetricType::Counter, &|m, c, s| {
+            one(m, c, &s.retries)
+        })?;
+        family(
+            "tls_upstream_handshake_errors",
+            "Failed TLS handshakes with upstream endpoints, by cluster and reason.",
+            MetricType::Counter,
+            &|m, c, s| {
+                let labels = ConnectErrorLabels { cluster: c.clone(), reason: "handshake" };
+                s.tls_handshake_errors.encode(m.encode_family(&labels)?)
+            },
+        )
     }
 }
 
@@ -421,13 +588,18 @@ pub struct RequestMetrics {
 
 impl RequestMetrics {
     pub fn new(metrics: &Metrics, listener: &str, route: &str, cluster: &str) -> Self {
+        Self::shared(metrics, &listener.into(), &route.into(), &cluster.into())
+    }
+
+    /// As [`Self::new`], with names shared with other series.
+    pub fn shared(metrics: &Metrics, listener: &Name, route: &Name, cluster: &Name) -> Self {
         let series = |class| {
             metrics
                 .http_requests
                 .get_or_create(&RequestLabels {
-                    listener: listener.to_owned(),
-                    route: route.to_owned(),
-                    cluster: cluster.to_owned(),
+                    listener: listener.clone(),
+                    route: route.clone(),
+                    cluster: cluster.clone(),
                     class,
                 })
                 .clone()
@@ -437,9 +609,9 @@ impl RequestMetrics {
             duration: metrics
                 .http_request_duration
                 .get_or_create(&RouteLabels {
-                    listener: listener.to_owned(),
-                    route: route.to_owned(),
-                    cluster: cluster.to_owned(),
+                    listener: listener.clone(),
+                    route: route.clone(),
+                    cluster: cluster.clone(),
                 })
                 .clone(),
         }
@@ -449,5 +621,71 @@ impl RequestMetrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.duration.observe(elapsed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_compare_and_encode_as_their_text() {
+        let (a, b) = (Name::new("svc-1.ns"), Name::new("svc-1.ns"));
+        assert_eq!(a, b, "equal text, different allocations");
+        assert_ne!(a, Name::new("svc-2.ns"));
+        let state = std::hash::RandomState::new();
+        assert_eq!(std::hash::BuildHasher::hash_one(&state, &a), std::hash::BuildHasher::hash_one(&state, &b));
+
+        // Two handles made from equal names are one series, encoded with its text.
+        let metrics = Metrics::new();
+        let first = RequestMetrics::new(&metrics, "web", "r\"1", "svc-1.ns");
+        let second = RequestMetrics::shared(&metrics, &"web".into(), &Name::new("r\"1"), &b);
+        first.record(200, Duration::from_millis(3));
+        second.record(200, Duration::from_millis(3));
+        let text = metrics.encode();
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("edgeplane_http_requests_total{") && line.contains("class=\"2xx\""))
+            .expect("the 2xx series");
+        assert_eq!(
+            line,
+            r#"edgeplane_http_requests_total{listener="web",route="r\"1",cluster="svc-1.ns",class="2xx"} 2"#
+        );
+    }
+
+    #[test]
+    fn cluster_series_are_written_per_cluster_and_leave_with_it() {
+        let metrics = Metrics::new();
+        let web = metrics.cluster("web");
+        assert!(Arc::ptr_eq(&web, &metrics.cluster("web")), "one set of series per cluster");
+        web.connections_total.inc();
+        web.connect_error("refused");
+        web.overflow[2].inc();
+        web.requests_active.inc();
+        metrics.cluster("db");
+
+        let text = metrics.encode();
+        for line in [
+            "# TYPE edgeplane_upstream_connections counter",
+            r#"edgeplane_upstream_connections_total{cluster="web"} 1"#,
+            r#"edgeplane_upstream_connections_total{cluster="db"} 0"#,
+            r#"edgeplane_upstream_connect_errors_total{cluster="web",reason="refused"} 1"#,
+            r#"edgeplane_upstream_connect_errors_total{cluster="web",reason="timeout"} 0"#,
+            r#"edgeplane_upstream_overflow_total{cluster="web",limit="max_requests"} 1"#,
+            r#"edgeplane_upstream_requests_active{cluster="web"} 1"#,
+            r#"edgeplane_tls_upstream_handshake_errors_total{cluster="db",reason="handshake"} 0"#,
+            "# HELP edgeplane_upstream_retries Retries sent to a cluster.",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // Clusters in name order within each family.
+        let db = text.find(r#"edgeplane_upstream_retries_total{cluster="db"}"#).unwrap();
+        let web_at = text.find(r#"edgeplane_upstream_retries_total{cluster="web"}"#).unwrap();
+        assert!(db < web_at);
+
+        metrics.retain_clusters(|name| name == "web");
+        let text = metrics.encode();
+        assert!(!text.contains(r#"cluster="db""#), "a removed cluster's series are gone:\n{text}");
+        assert!(text.contains(r#"edgeplane_upstream_connections_total{cluster="web"} 1"#));
     }
 }

@@ -24,6 +24,20 @@ impl fmt::Display for ValidationError {
     }
 }
 
+/// The path of a list item, `{parent}{list}[{index}]` (`listeners[0].routes[3]`),
+/// written out only when an error names it.
+pub(crate) struct Item<'a> {
+    parent: &'a str,
+    list: &'static str,
+    index: usize,
+}
+
+impl fmt::Display for Item<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}[{}]", self.parent, self.list, self.index)
+    }
+}
+
 /// Largest weight of a split entry or an endpoint.
 pub const MAX_WEIGHT: u32 = 10_000;
 /// The largest packet MQTT can express (a remaining length of 268,435,455 plus the fixed header).
@@ -63,6 +77,18 @@ impl Validator {
         }
     }
 
+    /// [`Self::check`] with a path made only if there is an error: a big
+    /// config validates without formatting a path for every value it checks.
+    pub(crate) fn check_at<T>(&mut self, path: impl FnOnce() -> String, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.error(path(), message);
+                None
+            }
+        }
+    }
+
     fn config(&mut self, config: &Config) {
         if let Some(version) = &config.version {
             if version.len() > 256 || version.chars().any(char::is_control) {
@@ -89,7 +115,7 @@ impl Validator {
         let mut listener_names = HashMap::new();
         for (index, listener) in config.listeners.iter().enumerate() {
             let path = format!("listeners[{index}]");
-            self.name(&format!("{path}.name"), &listener.name);
+            self.name(|| format!("{path}.name"), &listener.name);
             if let Some(first) = listener_names.insert(listener.name.as_str(), index) {
                 self.error(
                     format!("{path}.name"),
@@ -102,18 +128,23 @@ impl Validator {
             self.listener(&path, listener, &clusters, config.identity.is_some());
         }
 
+        // Only binds of the same port can conflict: compare each with the
+        // earlier binds of its port (in config order), not with all of them.
+        let mut by_port: HashMap<u16, Vec<usize>> = HashMap::new();
         for (i, (path, addr)) in binds.iter().enumerate() {
-            if let Some((other, _)) = binds[..i].iter().find(|(_, earlier)| binds_conflict(*earlier, *addr)) {
-                self.error(path.clone(), format!("address {addr} conflicts with {other}"));
+            let earlier = by_port.entry(addr.port()).or_default();
+            if let Some(&first) = earlier.iter().find(|&&j| binds_conflict(binds[j].1, *addr)) {
+                self.error(path.clone(), format!("address {addr} conflicts with {}", binds[first].0));
             }
+            earlier.push(i);
         }
     }
 
-    fn name(&mut self, path: &str, name: &str) {
+    fn name(&mut self, path: impl FnOnce() -> String, name: &str) {
         if name.is_empty() || name.len() > 128 {
-            self.error(path, "must be 1 to 128 characters");
+            self.error(path(), "must be 1 to 128 characters");
         } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':')) {
-            self.error(path, format!("invalid name {name:?}: use letters, digits and - _ . / :"));
+            self.error(path(), format!("invalid name {name:?}: use letters, digits and - _ . / :"));
         }
     }
 
@@ -121,36 +152,47 @@ impl Validator {
     fn clusters<'a>(&mut self, clusters: &'a [Cluster]) -> HashMap<&'a str, usize> {
         let mut names = HashMap::new();
         for (index, cluster) in clusters.iter().enumerate() {
-            let path = format!("clusters[{index}]");
-            self.name(&format!("{path}.name"), &cluster.name);
+            let path = Item { parent: "", list: "clusters", index };
+            self.name(|| format!("{path}.name"), &cluster.name);
             if let Some(first) = names.insert(cluster.name.as_str(), index) {
                 self.error(
                     format!("{path}.name"),
                     format!("duplicate cluster name {:?} (also clusters[{first}])", cluster.name),
                 );
             }
+            // Few endpoints (the common case) are compared directly; many through a set.
             let mut seen = HashSet::new();
+            let few = cluster.endpoints.len() <= 16;
             for (e, endpoint) in cluster.endpoints.iter().enumerate() {
-                let endpoint_path = format!("{path}.endpoints[{e}]");
+                let endpoint_path = || format!("{path}.endpoints[{e}]");
                 let address = endpoint.address();
-                self.check(endpoint_path.clone(), address.parse());
-                if !seen.insert(address.as_str()) {
-                    self.error(endpoint_path.clone(), format!("duplicate endpoint {:?}", address.as_str()));
+                self.check_at(endpoint_path, address.parse());
+                let duplicate = if few {
+                    cluster.endpoints[..e].iter().any(|earlier| earlier.address().as_str() == address.as_str())
+                } else {
+                    !seen.insert(address.as_str())
+                };
+                if duplicate {
+                    self.error(endpoint_path(), format!("duplicate endpoint {:?}", address.as_str()));
                 }
                 if !(1..=MAX_WEIGHT).contains(&endpoint.weight()) {
-                    self.error(format!("{endpoint_path}.weight"), format!("must be between 1 and {MAX_WEIGHT}"));
+                    self.error(format!("{}.weight", endpoint_path()), format!("must be between 1 and {MAX_WEIGHT}"));
                 }
                 if endpoint.priority() > MAX_PRIORITY {
-                    self.error(format!("{endpoint_path}.priority"), format!("must be between 0 and {MAX_PRIORITY}"));
+                    self.error(
+                        format!("{}.priority", endpoint_path()),
+                        format!("must be between 0 and {MAX_PRIORITY}"),
+                    );
                 }
             }
             self.cluster_policies(&path, cluster);
-            if let Some(connect) = self.check(format!("{path}.connect_timeout"), cluster.connect_timeout.parse()) {
+            if let Some(connect) = self.check_at(|| format!("{path}.connect_timeout"), cluster.connect_timeout.parse())
+            {
                 if connect.is_zero() {
                     self.error(format!("{path}.connect_timeout"), "must be greater than 0");
                 }
             }
-            self.check(format!("{path}.pool.idle_timeout"), cluster.pool.idle_timeout.parse());
+            self.check_at(|| format!("{path}.pool.idle_timeout"), cluster.pool.idle_timeout.parse());
             if cluster.pool.max_concurrent_streams == 0 {
                 self.error(format!("{path}.pool.max_concurrent_streams"), "must be at least 1");
             }
@@ -218,9 +260,9 @@ impl Validator {
 
         let mut route_names = HashMap::new();
         for (index, route) in listener.routes.iter().enumerate() {
-            let route_path = format!("{path}.routes[{index}]");
+            let route_path = Item { parent: path, list: ".routes", index };
             if let Some(name) = &route.name {
-                self.name(&format!("{route_path}.name"), name);
+                self.name(|| format!("{route_path}.name"), name);
                 if let Some(first) = route_names.insert(name.as_str(), index) {
                     self.error(
                         format!("{route_path}.name"),
@@ -266,7 +308,7 @@ impl Validator {
     }
 
     /// Routes of a listener that does not speak HTTP (`kind`: tcp, mqtt).
-    fn tcp_only(&mut self, path: &str, route: &Route, kind: &str) {
+    fn tcp_only(&mut self, path: &dyn fmt::Display, route: &Route, kind: &str) {
         if route.matches.has_http_criteria() {
             self.error(format!("{path}.match"), format!("HTTP match criteria on a {kind} listener"));
         }
@@ -296,7 +338,7 @@ impl Validator {
         }
     }
 
-    fn route(&mut self, path: &str, route: &Route, clusters: &HashMap<&str, usize>) {
+    fn route(&mut self, path: &dyn fmt::Display, route: &Route, clusters: &HashMap<&str, usize>) {
         let m = &route.matches;
         if let Some(host) = &m.host {
             let (name, port) = match host.rsplit_once(':') {
@@ -367,12 +409,12 @@ impl Validator {
 
         let actions = [route.cluster.is_some(), route.split.is_some(), route.direct_response.is_some()];
         match actions.iter().filter(|given| **given).count() {
-            0 => self.error(path, "give one of cluster, split, direct_response"),
+            0 => self.error(path.to_string(), "give one of cluster, split, direct_response"),
             1 => {}
-            _ => self.error(path, "give only one of cluster, split, direct_response"),
+            _ => self.error(path.to_string(), "give only one of cluster, split, direct_response"),
         }
         if let Some(cluster) = &route.cluster {
-            self.cluster_ref(&format!("{path}.cluster"), cluster, clusters);
+            self.cluster_ref(|| format!("{path}.cluster"), cluster, clusters);
         }
         if let Some(split) = &route.split {
             if split.is_empty() {
@@ -381,7 +423,7 @@ impl Validator {
             let mut seen = HashSet::new();
             for (i, entry) in split.iter().enumerate() {
                 let entry_path = format!("{path}.split[{i}]");
-                self.cluster_ref(&format!("{entry_path}.cluster"), &entry.cluster, clusters);
+                self.cluster_ref(|| format!("{entry_path}.cluster"), &entry.cluster, clusters);
                 if !seen.insert(entry.cluster.as_str()) {
                     self.error(
                         format!("{entry_path}.cluster"),
@@ -403,12 +445,16 @@ impl Validator {
             self.header_value(&format!("{path}.direct_response.content_type"), &direct.content_type);
         }
         if let Some(timeout) = &route.timeout {
-            self.check(format!("{path}.timeout"), timeout.parse());
+            self.check_at(|| format!("{path}.timeout"), timeout.parse());
         }
-        self.header_edits(&format!("{path}.request_headers"), &route.request_headers);
-        self.header_edits(&format!("{path}.response_headers"), &route.response_headers);
+        if !route.request_headers.is_empty() {
+            self.header_edits(&format!("{path}.request_headers"), &route.request_headers);
+        }
+        if !route.response_headers.is_empty() {
+            self.header_edits(&format!("{path}.response_headers"), &route.response_headers);
+        }
         if let Some(retry) = &route.retry {
-            self.retry(&format!("{path}.retry"), retry);
+            self.retry(&format_args!("{path}.retry"), retry);
         }
         if let Some(limit) = &route.rate_limit {
             self.rate_limit(&format!("{path}.rate_limit"), limit);
@@ -418,9 +464,9 @@ impl Validator {
         }
     }
 
-    fn cluster_ref(&mut self, path: &str, name: &str, clusters: &HashMap<&str, usize>) {
+    fn cluster_ref(&mut self, path: impl FnOnce() -> String, name: &str, clusters: &HashMap<&str, usize>) {
         if !clusters.contains_key(name) {
-            self.error(path, format!("unknown cluster {name:?}"));
+            self.error(path(), format!("unknown cluster {name:?}"));
         }
     }
 
@@ -508,5 +554,29 @@ mod tests {
         assert!(binds_conflict(bind("[::]:80"), bind("10.0.0.1:80")));
         assert!(!binds_conflict(bind("[::1]:80"), bind("127.0.0.1:80")));
         assert!(!binds_conflict(bind("127.0.0.1:0"), bind("127.0.0.1:0")));
+    }
+
+    #[test]
+    fn a_bind_conflict_names_the_first_earlier_bind_it_conflicts_with() {
+        let config = crate::from_yaml_str(
+            "admin: { bind: 127.0.0.1:9000 }
+listeners:
+  - { name: a, bind: 127.0.0.1:8081, routes: [ { direct_response: { status: 200 } } ] }
+  - { name: b, bind: 0.0.0.0:8080, routes: [ { direct_response: { status: 200 } } ] }
+  - { name: c, bind: 127.0.0.1:8080, routes: [ { direct_response: { status: 200 } } ] }
+  - { name: d, bind: 127.0.0.1:8080, routes: [ { direct_response: { status: 200 } } ] }
+  - { name: e, bind: 127.0.0.1:9000, routes: [ { direct_response: { status: 200 } } ] }
+",
+        )
+        .unwrap();
+        let errors: Vec<String> = validate(&config).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                "listeners[2].bind: address 127.0.0.1:8080 conflicts with listeners[1].bind",
+                "listeners[3].bind: address 127.0.0.1:8080 conflicts with listeners[1].bind",
+                "listeners[4].bind: address 127.0.0.1:9000 conflicts with admin.bind",
+            ]
+        );
     }
 }

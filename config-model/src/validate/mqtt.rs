@@ -11,7 +11,7 @@ impl Validator {
         if !(16..=MAX_MQTT_PACKET).contains(&mqtt.max_packet_size) {
             self.error(format!("{path}.max_packet_size"), format!("must be between 16 and {MAX_MQTT_PACKET}"));
         }
-        self.positive(format!("{path}.connect_timeout"), &mqtt.connect_timeout);
+        self.positive(|| format!("{path}.connect_timeout"), &mqtt.connect_timeout);
         if !(1.0..=10.0).contains(&mqtt.keepalive_factor) {
             self.error(format!("{path}.keepalive_factor"), "must be between 1.0 and 10.0");
         }
@@ -26,7 +26,7 @@ impl Validator {
             if rate.burst == Some(0) {
                 self.error(format!("{p}.burst"), "must be at least 1");
             }
-            self.positive(format!("{p}.per"), &rate.per);
+            self.positive(|| format!("{p}.per"), &rate.per);
             if let Some(bytes) = &rate.bytes {
                 self.check(format!("{p}.bytes"), bytes.parse());
             }

@@ -8,49 +8,50 @@ use crate::policy::*;
 use crate::values::{is_hostname, is_token, Duration};
 
 impl Validator {
-    /// A duration that must parse and be greater than zero.
-    pub(super) fn positive(&mut self, path: String, value: &Duration) -> Option<StdDuration> {
-        let parsed = self.check(path.clone(), value.parse())?;
+    /// A duration that must parse and be greater than zero. `path` is made
+    /// only for an error (as in the helpers below).
+    pub(super) fn positive(&mut self, path: impl Fn() -> String, value: &Duration) -> Option<StdDuration> {
+        let parsed = self.check_at(&path, value.parse())?;
         if parsed.is_zero() {
-            self.error(path, "must be greater than 0");
+            self.error(path(), "must be greater than 0");
             return None;
         }
         Some(parsed)
     }
 
-    fn ratio(&mut self, path: String, value: Option<f64>) {
+    fn ratio(&mut self, path: impl FnOnce() -> String, value: Option<f64>) {
         if let Some(ratio) = value {
             if !(ratio > 0.0 && ratio <= 1.0) {
-                self.error(path, "must be greater than 0 and at most 1");
+                self.error(path(), "must be greater than 0 and at most 1");
             }
         }
     }
 
-    fn at_least_one(&mut self, path: String, value: Option<u32>) {
+    fn at_least_one(&mut self, path: impl FnOnce() -> String, value: Option<u32>) {
         if value == Some(0) {
-            self.error(path, "must be at least 1 (leave it out for no limit)");
+            self.error(path(), "must be at least 1 (leave it out for no limit)");
         }
     }
 
-    pub(super) fn cluster_policies(&mut self, path: &str, cluster: &Cluster) {
+    pub(super) fn cluster_policies(&mut self, path: &dyn std::fmt::Display, cluster: &Cluster) {
         let limits = &cluster.limits;
-        self.at_least_one(format!("{path}.limits.max_connections"), limits.max_connections);
-        self.at_least_one(format!("{path}.limits.max_pending_requests"), limits.max_pending_requests);
-        self.at_least_one(format!("{path}.limits.max_requests"), limits.max_requests);
-        self.at_least_one(format!("{path}.limits.max_requests_per_connection"), limits.max_requests_per_connection);
+        self.at_least_one(|| format!("{path}.limits.max_connections"), limits.max_connections);
+        self.at_least_one(|| format!("{path}.limits.max_pending_requests"), limits.max_pending_requests);
+        self.at_least_one(|| format!("{path}.limits.max_requests"), limits.max_requests);
+        self.at_least_one(|| format!("{path}.limits.max_requests_per_connection"), limits.max_requests_per_connection);
 
         if let Some(breaker) = &cluster.breaker {
             let p = format!("{path}.breaker");
-            self.positive(format!("{p}.stat_window"), &breaker.stat_window);
-            self.positive(format!("{p}.slow_time"), &breaker.slow_time);
-            self.positive(format!("{p}.degraded_window"), &breaker.degraded_window);
+            self.positive(|| format!("{p}.stat_window"), &breaker.stat_window);
+            self.positive(|| format!("{p}.slow_time"), &breaker.slow_time);
+            self.positive(|| format!("{p}.degraded_window"), &breaker.degraded_window);
             if breaker.min_requests == 0 {
                 self.error(format!("{p}.min_requests"), "must be at least 1");
             }
-            self.at_least_one(format!("{p}.error_count"), breaker.error_count);
-            self.at_least_one(format!("{p}.slow_count"), breaker.slow_count);
-            self.ratio(format!("{p}.error_ratio"), breaker.error_ratio);
-            self.ratio(format!("{p}.slow_ratio"), breaker.slow_ratio);
+            self.at_least_one(|| format!("{p}.error_count"), breaker.error_count);
+            self.at_least_one(|| format!("{p}.slow_count"), breaker.slow_count);
+            self.ratio(|| format!("{p}.error_ratio"), breaker.error_ratio);
+            self.ratio(|| format!("{p}.slow_ratio"), breaker.slow_ratio);
             if breaker.error_count.is_none()
                 && breaker.error_ratio.is_none()
                 && breaker.slow_count.is_none()
@@ -68,8 +69,8 @@ impl Validator {
 
         if let Some(outlier) = &cluster.outlier_detection {
             let p = format!("{path}.outlier_detection");
-            let base = self.positive(format!("{p}.base_ejection_time"), &outlier.base_ejection_time);
-            let max = self.positive(format!("{p}.max_ejection_time"), &outlier.max_ejection_time);
+            let base = self.positive(|| format!("{p}.base_ejection_time"), &outlier.base_ejection_time);
+            let max = self.positive(|| format!("{p}.max_ejection_time"), &outlier.max_ejection_time);
             if let (Some(base), Some(max)) = (base, max) {
                 if max < base {
                     self.error(format!("{p}.max_ejection_time"), "must be at least base_ejection_time");
@@ -102,8 +103,8 @@ impl Validator {
             for (i, range) in check.expected_statuses.iter().enumerate() {
                 self.check(format!("{p}.expected_statuses[{i}]"), range.bounds());
             }
-            let interval = self.positive(format!("{p}.interval"), &check.interval);
-            let timeout = self.positive(format!("{p}.timeout"), &check.timeout);
+            let interval = self.positive(|| format!("{p}.interval"), &check.interval);
+            let timeout = self.positive(|| format!("{p}.timeout"), &check.timeout);
             self.check(format!("{p}.jitter"), check.jitter.parse());
             if let (Some(interval), Some(timeout)) = (interval, timeout) {
                 if timeout > interval {
@@ -126,7 +127,7 @@ impl Validator {
         }
     }
 
-    pub(super) fn retry(&mut self, path: &str, retry: &RetryPolicy) {
+    pub(super) fn retry(&mut self, path: &dyn std::fmt::Display, retry: &RetryPolicy) {
         if retry.attempts > 16 {
             self.error(format!("{path}.attempts"), "must be at most 16");
         }
@@ -146,11 +147,11 @@ impl Validator {
             }
         }
         if let Some(per_try) = &retry.per_try_timeout {
-            self.positive(format!("{path}.per_try_timeout"), per_try);
+            self.positive(|| format!("{path}.per_try_timeout"), per_try);
         }
-        let base = self.positive(format!("{path}.backoff_base"), &retry.backoff_base);
+        let base = self.positive(|| format!("{path}.backoff_base"), &retry.backoff_base);
         if let Some(max) = &retry.max_backoff {
-            if let (Some(max), Some(base)) = (self.positive(format!("{path}.max_backoff"), max), base) {
+            if let (Some(max), Some(base)) = (self.positive(|| format!("{path}.max_backoff"), max), base) {
                 if max < base {
                     self.error(format!("{path}.max_backoff"), "must be at least backoff_base");
                 }
@@ -165,8 +166,8 @@ impl Validator {
         if limit.requests == 0 {
             self.error(format!("{path}.requests"), "must be at least 1");
         }
-        self.positive(format!("{path}.per"), &limit.per);
-        self.at_least_one(format!("{path}.burst"), limit.burst);
+        self.positive(|| format!("{path}.per"), &limit.per);
+        self.at_least_one(|| format!("{path}.burst"), limit.burst);
         if let RateLimitKey::Header(name) = &limit.key {
             if !is_token(name) {
                 self.error(format!("{path}.key.header"), format!("invalid header name {name:?}"));
@@ -196,8 +197,8 @@ impl Validator {
         if limit.connections == 0 {
             self.error(format!("{path}.connections"), "must be at least 1");
         }
-        self.positive(format!("{path}.per"), &limit.per);
-        self.at_least_one(format!("{path}.burst"), limit.burst);
+        self.positive(|| format!("{path}.per"), &limit.per);
+        self.at_least_one(|| format!("{path}.burst"), limit.burst);
     }
 
     pub(super) fn bandwidth(&mut self, path: &str, bandwidth: &Bandwidth) {

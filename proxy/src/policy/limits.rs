@@ -67,13 +67,14 @@ impl Default for ClusterState {
 }
 
 impl ClusterState {
-    pub fn configure(&self, limits: &config_model::ClusterLimits, overflow: [Counter; 4]) {
+    /// Sets the limits; `overflow` makes the overflow counters the first time.
+    pub fn configure(&self, limits: &config_model::ClusterLimits, overflow: impl FnOnce() -> [Counter; 4]) {
         self.max_connections.store(limits.max_connections.unwrap_or(u32::MAX), Ordering::Relaxed);
         self.max_pending.store(limits.max_pending_requests.unwrap_or(u32::MAX), Ordering::Relaxed);
         self.max_requests.store(limits.max_requests.unwrap_or(u32::MAX), Ordering::Relaxed);
         self.max_retries.store(limits.max_retries, Ordering::Relaxed);
         self.max_requests_per_connection.store(limits.max_requests_per_connection.unwrap_or(0), Ordering::Relaxed);
-        let _ = self.overflow.set(overflow);
+        self.overflow.get_or_init(overflow);
     }
 
     fn count_overflow(&self, index: usize) {
@@ -157,7 +158,7 @@ mod tests {
             max_retries: 1,
             max_requests_per_connection: Some(2),
         };
-        state.configure(&limits, std::array::from_fn(|_| Counter::default()));
+        state.configure(&limits, || std::array::from_fn(|_| Counter::default()));
         state
     }
 

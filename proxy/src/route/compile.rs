@@ -3,6 +3,7 @@
 //! series resolved, balancer schedules built.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
@@ -14,12 +15,10 @@ use super::matcher::{anchored, HeaderCheck, HostMatcher, MqttMatcher, PathMatche
 use super::*;
 use crate::balance::Balancer;
 use crate::metrics::{
-    ClusterLabels, ConnectErrorLabels, ConnectionLabels, DirectionLabels, LimitLabels, ListenerLabels,
-    LocalReplyLabels, Metrics, RequestMetrics, TcpLabels,
+    ConnectionLabels, DirectionLabels, ListenerLabels, LocalReplyLabels, Metrics, Name, RequestMetrics, TcpLabels,
 };
 use crate::mqtt::topic_metrics::TopicCounts;
 use crate::policy::breaker::{BreakerSettings, DegradeBreaker};
-use crate::policy::limits::OVERLOAD_REASONS;
 use crate::policy::outlier::OutlierSettings;
 use crate::policy::request_limit::RequestLimiter;
 use crate::policy::retry::RetryPolicy;
@@ -57,8 +56,6 @@ pub const LOCAL_REPLY_REASONS: [&str; 16] = [
     "https_redirect",
 ];
 
-const CONNECT_ERROR_REASONS: [&str; 5] = ["timeout", "refused", "error", "handshake", "tls"];
-
 /// Compiles a *validated* config. Host names in endpoint addresses are
 /// resolved here (blocking; this runs on the control thread, never a worker).
 pub fn compile(
@@ -70,10 +67,10 @@ pub fn compile(
 ) -> Result<RouteTable, CompileError> {
     registry.start_compile(generation);
     let mut clusters = Vec::with_capacity(config.clusters.len());
-    let mut cluster_index = HashMap::new();
+    let mut cluster_index = HashMap::with_capacity(config.clusters.len());
     for (index, cluster) in config.clusters.iter().enumerate() {
-        cluster_index.insert(cluster.name.as_str(), index);
         clusters.push(compile_cluster(index, cluster, config.identity.as_ref(), registry, metrics)?);
+        cluster_index.insert(cluster.name.as_str(), (index, Name::new(&cluster.name)));
     }
 
     let mut listeners: Vec<Option<Arc<ListenerTable>>> = Vec::new();
@@ -104,12 +101,46 @@ pub fn compile(
     })
 }
 
-fn invalid(path: &str, message: impl std::fmt::Display) -> CompileError {
-    CompileError::Invalid { path: path.to_owned(), message: message.to_string() }
+/// Cluster name → its index in the table and its name as a label value.
+type ClusterIndex<'a> = HashMap<&'a str, (usize, Name)>;
+
+fn invalid(path: impl fmt::Display, message: impl fmt::Display) -> CompileError {
+    CompileError::Invalid { path: path.to_string(), message: message.to_string() }
 }
 
-fn duration(path: &str, value: &config_model::Duration) -> Result<std::time::Duration, CompileError> {
-    value.parse().map_err(|message| invalid(path, message))
+/// A duration; `path` is only formatted when the value does not parse.
+fn duration(
+    path: impl FnOnce() -> String,
+    value: &config_model::Duration,
+) -> Result<std::time::Duration, CompileError> {
+    value.parse().map_err(|message| CompileError::Invalid { path: path(), message })
+}
+
+// Paths of config items, for error messages. They are formatted only when
+// an error is reported: a big config compiles without building one string
+// per cluster, endpoint and route.
+
+/// `clusters[i]`
+#[derive(Clone, Copy)]
+struct ClusterPath(usize);
+
+impl fmt::Display for ClusterPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "clusters[{}]", self.0)
+    }
+}
+
+/// `listeners[i].routes[j]`
+#[derive(Clone, Copy)]
+struct RoutePath<'a> {
+    listener: &'a str,
+    index: usize,
+}
+
+impl fmt::Display for RoutePath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.routes[{}]", self.listener, self.index)
+    }
 }
 
 fn compile_cluster(
@@ -119,29 +150,11 @@ fn compile_cluster(
     registry: &Registry,
     metrics: &Metrics,
 ) -> Result<ClusterTable, CompileError> {
-    let path = format!("clusters[{index}]");
+    let path = ClusterPath(index);
     let name: Arc<str> = cluster.name.as_str().into();
-    let labels = ClusterLabels { cluster: cluster.name.clone() };
-    let cluster_metrics = ClusterMetrics {
-        connections_active: metrics.upstream_connections_active.get_or_create(&labels).clone(),
-        connections_total: metrics.upstream_connections_total.get_or_create(&labels).clone(),
-        requests_active: metrics.upstream_requests_active.get_or_create(&labels).clone(),
-        pool_idle: metrics.pool_idle.get_or_create(&labels).clone(),
-        connect_errors: ReasonCounters::new(&CONNECT_ERROR_REASONS, |reason| {
-            let labels = ConnectErrorLabels { cluster: cluster.name.clone(), reason };
-            metrics.upstream_connect_errors.get_or_create(&labels).clone()
-        }),
-        ejections: metrics.upstream_ejections.get_or_create(&labels).clone(),
-        retries: metrics.upstream_retries.get_or_create(&labels).clone(),
-    };
     let state = registry.cluster_state(&cluster.name);
-    state.configure(
-        &cluster.limits,
-        OVERLOAD_REASONS.map(|limit| {
-            let labels = LimitLabels { cluster: cluster.name.clone(), limit };
-            metrics.upstream_overflow.get_or_create(&labels).clone()
-        }),
-    );
+    let cluster_metrics = metrics.cluster(&cluster.name);
+    state.configure(&cluster.limits, || cluster_metrics.overflow.clone());
 
     let tls = match &cluster.tls {
         Some(spec) => Some(Arc::new(
@@ -156,22 +169,24 @@ fn compile_cluster(
         )),
         None => None,
     };
-    let tls_errors = metrics
-        .tls_upstream_handshake_errors
-        .get_or_create(&ConnectErrorLabels { cluster: cluster.name.clone(), reason: "handshake" })
-        .clone();
-    let mut endpoints = Vec::new();
-    let mut weights = Vec::new();
-    let mut priorities = Vec::new();
+    let ring_hash = cluster.lb == LbPolicy::RingHash;
+    let mut endpoints = Vec::with_capacity(cluster.endpoints.len());
+    let mut weights = Vec::with_capacity(cluster.endpoints.len());
+    let mut priorities = Vec::with_capacity(cluster.endpoints.len());
+    // Ring positions are keyed by address; only the ring needs them.
     let mut keys = Vec::new();
     for (e, endpoint) in cluster.endpoints.iter().enumerate() {
-        let endpoint_path = format!("{path}.endpoints[{e}]");
-        let addrs = resolve(&endpoint_path, endpoint.address())?;
-        let host_name = match endpoint.address().parse() {
-            Ok(ParsedUpstream::Name { host, .. }) => Some(host),
-            _ => None,
+        let endpoint_path = || format!("{path}.endpoints[{e}]");
+        let parsed = endpoint.address().parse().map_err(|message| invalid(endpoint_path(), message))?;
+        let resolved;
+        let (addrs, host_name): (&[SocketAddr], Option<&str>) = match &parsed {
+            ParsedUpstream::Ip(addr) => (std::slice::from_ref(addr), None),
+            ParsedUpstream::Name { host, port } => {
+                resolved = resolve(endpoint_path, host, *port)?;
+                (&resolved, Some(host))
+            }
         };
-        for addr in addrs {
+        for &addr in addrs {
             let endpoint_state =
                 registry.endpoint(&cluster.name, addr, cluster.protocol, tls.is_some(), |id| EndpointState {
                     id,
@@ -186,13 +201,16 @@ fn compile_cluster(
                     idle: AtomicU32::new(0),
                     metrics: cluster_metrics.clone(),
                 });
-            endpoint_state.tls.store(tls.as_ref().map(|tls| {
-                Arc::new(EndpointTls {
+            match &tls {
+                Some(tls) => endpoint_state.tls.store(Some(Arc::new(EndpointTls {
                     tls: tls.clone(),
-                    server_name: tls.name_for(host_name.as_deref(), addr.ip()),
-                    handshake_errors: tls_errors.clone(),
-                })
-            }));
+                    server_name: tls.name_for(host_name, addr.ip()),
+                    handshake_errors: cluster_metrics.tls_handshake_errors.clone(),
+                }))),
+                // Plaintext stays plaintext: no store (a store waits out every reader).
+                None if endpoint_state.tls.load().is_none() => {}
+                None => endpoint_state.tls.store(None),
+            }
             // One name may resolve to an address listed separately too.
             if endpoints.iter().any(|known: &Arc<EndpointState>| known.id == endpoint_state.id) {
                 continue;
@@ -200,13 +218,15 @@ fn compile_cluster(
             endpoints.push(endpoint_state);
             weights.push(endpoint.weight());
             priorities.push(endpoint.priority());
-            keys.push(addr.to_string());
+            if ring_hash {
+                keys.push(addr.to_string());
+            }
         }
     }
 
     let hash_header = match (&cluster.hash_on, cluster.lb) {
         (Some(HashOn::Header(header)), LbPolicy::RingHash) => {
-            Some(HeaderName::from_bytes(header.as_bytes()).map_err(|e| invalid(&format!("{path}.hash_on.header"), e))?)
+            Some(HeaderName::from_bytes(header.as_bytes()).map_err(|e| invalid(format!("{path}.hash_on.header"), e))?)
         }
         _ => None,
     };
@@ -218,8 +238,8 @@ fn compile_cluster(
                 consecutive_5xx: outlier.consecutive_5xx,
                 consecutive_gateway_errors: outlier.consecutive_gateway_errors,
                 consecutive_connect_failures: outlier.consecutive_connect_failures,
-                base_ejection_time: duration(&format!("{p}.base_ejection_time"), &outlier.base_ejection_time)?,
-                max_ejection_time: duration(&format!("{p}.max_ejection_time"), &outlier.max_ejection_time)?,
+                base_ejection_time: duration(|| format!("{p}.base_ejection_time"), &outlier.base_ejection_time)?,
+                max_ejection_time: duration(|| format!("{p}.max_ejection_time"), &outlier.max_ejection_time)?,
                 max_ejection_percent: outlier.max_ejection_percent,
             })
         }
@@ -241,14 +261,14 @@ fn compile_cluster(
         Some(config) => {
             let p = format!("{path}.breaker");
             let settings = BreakerSettings {
-                stat_window: duration(&format!("{p}.stat_window"), &config.stat_window)?,
+                stat_window: duration(|| format!("{p}.stat_window"), &config.stat_window)?,
                 min_requests: config.min_requests,
                 error_count: config.error_count,
                 error_ratio: config.error_ratio,
-                slow_time: duration(&format!("{p}.slow_time"), &config.slow_time)?,
+                slow_time: duration(|| format!("{p}.slow_time"), &config.slow_time)?,
                 slow_count: config.slow_count,
                 slow_ratio: config.slow_ratio,
-                degraded_window: duration(&format!("{p}.degraded_window"), &config.degraded_window)?,
+                degraded_window: duration(|| format!("{p}.degraded_window"), &config.degraded_window)?,
             };
             let (breaker, _) =
                 registry.policy_state(format!("cluster/{}/breaker", cluster.name), policy_hash(config), || {
@@ -257,7 +277,7 @@ fn compile_cluster(
             Some(Arc::new(BreakerPolicy {
                 breaker,
                 status: http::StatusCode::from_u16(config.degraded_status)
-                    .map_err(|e| invalid(&format!("{p}.degraded_status"), e))?,
+                    .map_err(|e| invalid(format!("{p}.degraded_status"), e))?,
                 body: bytes::Bytes::from(config.degraded_body.clone()),
             }))
         }
@@ -268,9 +288,9 @@ fn compile_cluster(
         name,
         tls,
         protocol: cluster.protocol,
-        connect_timeout: duration(&format!("{path}.connect_timeout"), &cluster.connect_timeout)?,
+        connect_timeout: duration(|| format!("{path}.connect_timeout"), &cluster.connect_timeout)?,
         pool: PoolSettings {
-            idle_timeout: duration(&format!("{path}.pool.idle_timeout"), &cluster.pool.idle_timeout)?,
+            idle_timeout: duration(|| format!("{path}.pool.idle_timeout"), &cluster.pool.idle_timeout)?,
             max_idle: cluster.pool.max_idle_per_endpoint as usize,
             max_streams: cluster.pool.max_concurrent_streams,
         },
@@ -280,14 +300,14 @@ fn compile_cluster(
         breaker,
         rate_limit: request_limiter(
             registry,
-            &format!("{path}.rate_limit"),
-            format!("cluster/{}", cluster.name),
-            cluster.rate_limit.as_ref(),
+            || format!("{path}.rate_limit"),
+            || format!("cluster/{}", cluster.name),
+            cluster.rate_limit.as_deref(),
         )?,
         health_check: match &cluster.health_check {
             Some(check) => Some(
                 crate::health::HealthCheckSpec::compile(check, policy_hash(check))
-                    .map_err(|m| invalid(&format!("{path}.health_check"), m))?,
+                    .map_err(|m| invalid(format!("{path}.health_check"), m))?,
             ),
             None => None,
         },
@@ -314,38 +334,32 @@ fn levels(lb: LbPolicy, weights: &[u32], priorities: &[u32], keys: &[String]) ->
             let members: Vec<u32> =
                 (0..priorities.len() as u32).filter(|i| priorities[*i as usize] == priority).collect();
             let level_weights: Vec<u32> = members.iter().map(|i| weights[*i as usize]).collect();
-            let level_keys: Vec<String> = members.iter().map(|i| keys[*i as usize].clone()).collect();
+            // Only the ring uses keys (`keys` is empty for other policies).
+            let level_keys: Vec<String> =
+                if keys.is_empty() { Vec::new() } else { members.iter().map(|i| keys[*i as usize].clone()).collect() };
             Level { priority, balancer: Balancer::new(lb, &level_weights, &level_keys), members: members.into() }
         })
         .collect()
 }
 
-fn resolve(path: &str, address: &config_model::UpstreamAddress) -> Result<Vec<SocketAddr>, CompileError> {
-    match address.parse().map_err(|message| invalid(path, message))? {
-        ParsedUpstream::Ip(addr) => Ok(vec![addr]),
-        ParsedUpstream::Name { host, port } => {
-            let mut addrs: Vec<SocketAddr> = (host.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|error| CompileError::Resolve {
-                    path: path.to_owned(),
-                    host: host.clone(),
-                    reason: error.to_string(),
-                })?
-                .collect();
-            addrs.sort();
-            addrs.dedup();
-            if addrs.is_empty() {
-                return Err(CompileError::Resolve { path: path.to_owned(), host, reason: "no addresses".into() });
-            }
-            Ok(addrs)
-        }
+/// The addresses of an endpoint given by name.
+fn resolve(path: impl Fn() -> String, host: &str, port: u16) -> Result<Vec<SocketAddr>, CompileError> {
+    let mut addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|error| CompileError::Resolve { path: path(), host: host.to_owned(), reason: error.to_string() })?
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(CompileError::Resolve { path: path(), host: host.to_owned(), reason: "no addresses".into() });
     }
+    Ok(addrs)
 }
 
 fn compile_listener(
     path: &str,
     listener: &config_model::Listener,
-    clusters: &HashMap<&str, usize>,
+    clusters: &ClusterIndex<'_>,
     identity: Option<&config_model::Identity>,
     registry: &Registry,
     metrics: &Metrics,
@@ -366,12 +380,13 @@ fn compile_listener(
         None => None,
     };
     let name: Arc<str> = listener.name.as_str().into();
+    let label = Name::new(&listener.name);
     let mut routes = Vec::with_capacity(listener.routes.len());
     for (index, route) in listener.routes.iter().enumerate() {
         routes.push(compile_route(
-            &format!("{path}.routes[{index}]"),
+            RoutePath { listener: path, index },
             index,
-            &listener.name,
+            &label,
             route,
             clusters,
             registry,
@@ -390,27 +405,27 @@ fn compile_listener(
         metrics.downstream_bytes.get_or_create(&DirectionLabels { listener: listener.name.clone(), direction }).clone()
     };
     Ok(ListenerTable {
-        bind: listener.bind.parse().map_err(|m| invalid(&format!("{path}.bind"), m))?,
+        bind: listener.bind.parse().map_err(|m| invalid(format!("{path}.bind"), m))?,
         protocol: listener.protocol,
-        detect_timeout: duration(&format!("{path}.detect_timeout"), &listener.detect_timeout)?,
+        detect_timeout: duration(|| format!("{path}.detect_timeout"), &listener.detect_timeout)?,
         http: HttpSettings {
             max_header_bytes: http.max_header_bytes as usize,
             max_headers: http.max_headers as usize,
-            header_read_timeout: duration(&format!("{path}.http.header_read_timeout"), &http.header_read_timeout)?,
-            idle_timeout: duration(&format!("{path}.http.idle_timeout"), &http.idle_timeout)?,
+            header_read_timeout: duration(|| format!("{path}.http.header_read_timeout"), &http.header_read_timeout)?,
+            idle_timeout: duration(|| format!("{path}.http.idle_timeout"), &http.idle_timeout)?,
             forwarded_for: http.forwarded_for,
             forwarded: http.forwarded,
             max_concurrent_streams: http.max_concurrent_streams,
             redirect_https: match &http.redirect_https {
                 Some(redirect) => Some((
                     http::StatusCode::from_u16(redirect.status)
-                        .map_err(|e| invalid(&format!("{path}.http.redirect_https.status"), e))?,
+                        .map_err(|e| invalid(format!("{path}.http.redirect_https.status"), e))?,
                     redirect.port,
                 )),
                 None => None,
             },
         },
-        tcp_idle_timeout: duration(&format!("{path}.tcp.idle_timeout"), &listener.tcp.idle_timeout)?,
+        tcp_idle_timeout: duration(|| format!("{path}.tcp.idle_timeout"), &listener.tcp.idle_timeout)?,
         tcp_route: if listener.protocol == ListenerProtocol::Tcp {
             Some(0).filter(|_| !routes.is_empty())
         } else {
@@ -423,17 +438,17 @@ fn compile_listener(
         access: listener.access.as_ref().map(crate::tls::AllowList::compile),
         mqtt: MqttSettings {
             max_packet_size: listener.mqtt.max_packet_size,
-            connect_timeout: duration(&format!("{path}.mqtt.connect_timeout"), &listener.mqtt.connect_timeout)?,
+            connect_timeout: duration(|| format!("{path}.mqtt.connect_timeout"), &listener.mqtt.connect_timeout)?,
             keepalive_factor: listener.mqtt.keepalive_factor,
             publish_rate: match &listener.mqtt.publish_rate {
                 Some(rate) => Some(
                     crate::mqtt::publish_rate::PublishRate::compile(rate)
-                        .map_err(|m| invalid(&format!("{path}.mqtt.publish_rate"), m))?,
+                        .map_err(|m| invalid(format!("{path}.mqtt.publish_rate"), m))?,
                 ),
                 None => None,
             },
             access: crate::mqtt::access::Access::compile(&format!("{path}.mqtt"), &listener.mqtt)
-                .map_err(|m| invalid(&format!("{path}.mqtt"), m))?,
+                .map_err(|m| invalid(format!("{path}.mqtt"), m))?,
             topic_counts: listener.mqtt.topic_metrics.as_ref().map(|config| {
                 let key = format!("listener/{}/mqtt_topic_metrics", listener.name);
                 let name: Arc<str> = listener.name.as_str().into();
@@ -469,13 +484,13 @@ fn compile_listener(
         },
         rate_limit: request_limiter(
             registry,
-            &format!("{path}.rate_limit"),
-            format!("listener/{}", listener.name),
+            || format!("{path}.rate_limit"),
+            || format!("listener/{}", listener.name),
             listener.rate_limit.as_ref(),
         )?,
         connection_rate_limit: match &listener.connection_rate_limit {
             Some(limit) => {
-                let per = duration(&format!("{path}.connection_rate_limit.per"), &limit.per)?;
+                let per = duration(|| format!("{path}.connection_rate_limit.per"), &limit.per)?;
                 let burst = limit.burst.unwrap_or(limit.connections);
                 let key = format!("listener/{}/connections", listener.name);
                 let (bucket, _) = registry.policy_state(key, policy_hash(limit), || {
@@ -496,18 +511,18 @@ fn compile_listener(
             &format!("listener/{}/bandwidth", listener.name),
             policy_hash(&listener.bandwidth),
         )
-        .map_err(|m| invalid(&format!("{path}.bandwidth"), m))?,
+        .map_err(|m| invalid(format!("{path}.bandwidth"), m))?,
         name,
     })
 }
 
 #[allow(clippy::too_many_arguments)]
 fn compile_route(
-    path: &str,
+    path: RoutePath<'_>,
     index: usize,
-    listener: &str,
+    listener: &Name,
     route: &config_model::Route,
-    clusters: &HashMap<&str, usize>,
+    clusters: &ClusterIndex<'_>,
     registry: &Registry,
     metrics: &Metrics,
 ) -> Result<Route, CompileError> {
@@ -515,28 +530,29 @@ fn compile_route(
         Some(name) => name.as_str().into(),
         None => format!("route-{index}").into(),
     };
+    let label = Name::new(&name);
     let m = &route.matches;
     let path_matcher = match &m.path {
         None => None,
         Some(PathMatch::Exact(exact)) => Some(PathMatcher::Exact(exact.as_str().into())),
         Some(PathMatch::Prefix(prefix)) => Some(PathMatcher::Prefix(prefix.as_str().into())),
         Some(PathMatch::Regex(pattern)) => Some(PathMatcher::Regex(
-            regex::Regex::new(&anchored(pattern)).map_err(|e| invalid(&format!("{path}.match.path.regex"), e))?,
+            regex::Regex::new(&anchored(pattern)).map_err(|e| invalid(format!("{path}.match.path.regex"), e))?,
         )),
     };
     let mut headers = Vec::new();
     for (header, check) in &m.headers {
-        let header_path = format!("{path}.match.headers.{header}");
-        let name = HeaderName::from_bytes(header.as_bytes()).map_err(|e| invalid(&header_path, e))?;
+        let header_path = || format!("{path}.match.headers.{header}");
+        let name = HeaderName::from_bytes(header.as_bytes()).map_err(|e| invalid(header_path(), e))?;
         let check = match check {
             HeaderMatch::Exact(value) => HeaderCheck::Exact(value.as_bytes().into()),
             HeaderMatch::Rule(rule) => match (&rule.exact, &rule.regex, rule.present) {
                 (Some(value), None, None) => HeaderCheck::Exact(value.as_bytes().into()),
                 (None, Some(pattern), None) => HeaderCheck::Regex(
-                    regex::bytes::Regex::new(&anchored(pattern)).map_err(|e| invalid(&header_path, e))?,
+                    regex::bytes::Regex::new(&anchored(pattern)).map_err(|e| invalid(header_path(), e))?,
                 ),
                 (None, None, Some(present)) => HeaderCheck::Present(present),
-                _ => return Err(invalid(&header_path, "give exactly one of exact, regex, present")),
+                _ => return Err(invalid(header_path(), "give exactly one of exact, regex, present")),
             },
         };
         headers.push((name, check));
@@ -545,7 +561,7 @@ fn compile_route(
         criterion
             .as_ref()
             .map(|criterion| {
-                PathMatcher::compile(criterion).map_err(|e| invalid(&format!("{path}.match.{field}.regex"), e))
+                PathMatcher::compile(criterion).map_err(|e| invalid(format!("{path}.match.{field}.regex"), e))
             })
             .transpose()
     };
@@ -575,43 +591,44 @@ fn compile_route(
     let direct = match &route.direct_response {
         Some(direct) => Some(DirectResponse {
             status: http::StatusCode::from_u16(direct.status)
-                .map_err(|e| invalid(&format!("{path}.direct_response.status"), e))?,
+                .map_err(|e| invalid(format!("{path}.direct_response.status"), e))?,
             body: bytes::Bytes::from(direct.body.clone()),
             content_type: HeaderValue::from_str(&direct.content_type)
-                .map_err(|e| invalid(&format!("{path}.direct_response.content_type"), e))?,
-            metrics: RequestMetrics::new(metrics, listener, &name, ""),
+                .map_err(|e| invalid(format!("{path}.direct_response.content_type"), e))?,
+            metrics: RequestMetrics::shared(metrics, listener, &label, &"".into()),
         }),
         None if entries.is_empty() => return Err(invalid(path, "give one of cluster, split, direct_response")),
         None => None,
     };
     let mut targets = Vec::with_capacity(entries.len());
     for (cluster, weight) in entries {
-        let index = *clusters.get(cluster).ok_or_else(|| invalid(path, format!("unknown cluster {cluster:?}")))?;
+        let (index, cluster) =
+            clusters.get(cluster).ok_or_else(|| invalid(path, format!("unknown cluster {cluster:?}")))?;
         let tcp_counter = |direction| {
             metrics
                 .tcp_bytes
-                .get_or_create(&TcpLabels { listener: listener.to_owned(), cluster: cluster.to_owned(), direction })
+                .get_or_create(&TcpLabels { listener: listener.clone(), cluster: cluster.clone(), direction })
                 .clone()
         };
         targets.push(Target {
-            cluster: index,
+            cluster: *index,
             weight,
-            metrics: RequestMetrics::new(metrics, listener, &name, cluster),
+            metrics: RequestMetrics::shared(metrics, listener, &label, cluster),
             tcp_bytes: matcher.is_empty().then(|| TcpBytes { rx: tcp_counter("rx"), tx: tcp_counter("tx") }),
         });
     }
 
     let timeout = match &route.timeout {
-        Some(value) => Some(duration(&format!("{path}.timeout"), value)?).filter(|t| !t.is_zero()),
+        Some(value) => Some(duration(|| format!("{path}.timeout"), value)?).filter(|t| !t.is_zero()),
         None => Some(config_model::defaults::route_timeout()),
     };
     Ok(Route {
         name: name.clone(),
         sni: m.sni.as_deref().map(HostMatcher::new),
-        access: route.access.as_ref().map(crate::tls::AllowList::compile),
+        access: route.access.as_deref().map(crate::tls::AllowList::compile),
         jwt: match &route.jwt {
             Some(jwt) => Some(Arc::new(
-                crate::policy::jwt::JwtVerifier::compile(jwt).map_err(|m| invalid(&format!("{path}.jwt"), m))?,
+                crate::policy::jwt::JwtVerifier::compile(jwt).map_err(|m| invalid(format!("{path}.jwt"), m))?,
             )),
             None => None,
         },
@@ -620,17 +637,17 @@ fn compile_route(
         direct,
         split: Split::new(targets),
         timeout,
-        request_edits: header_edits(&format!("{path}.request_headers"), &route.request_headers)?,
-        response_edits: header_edits(&format!("{path}.response_headers"), &route.response_headers)?,
+        request_edits: header_edits(|| format!("{path}.request_headers"), &route.request_headers)?,
+        response_edits: header_edits(|| format!("{path}.response_headers"), &route.response_headers)?,
         retry: match &route.retry {
-            Some(retry) => Some(RetryPolicy::compile(retry).map_err(|m| invalid(&format!("{path}.retry"), m))?),
+            Some(retry) => Some(RetryPolicy::compile(retry).map_err(|m| invalid(format!("{path}.retry"), m))?),
             None => None,
         },
         rate_limit: request_limiter(
             registry,
-            &format!("{path}.rate_limit"),
-            format!("route/{listener}/{name}"),
-            route.rate_limit.as_ref(),
+            || format!("{path}.rate_limit"),
+            || format!("route/{listener}/{name}"),
+            route.rate_limit.as_deref(),
         )?,
     })
 }
@@ -643,19 +660,22 @@ fn policy_hash<T: serde::Serialize>(policy: &T) -> u64 {
 
 fn request_limiter(
     registry: &Registry,
-    path: &str,
-    key: String,
+    path: impl FnOnce() -> String,
+    key: impl FnOnce() -> String,
     limit: Option<&config_model::RateLimit>,
 ) -> Result<Option<Arc<RequestLimiter>>, CompileError> {
     let Some(limit) = limit else { return Ok(None) };
-    let compiled = RequestLimiter::compile(limit).map_err(|m| invalid(path, m))?;
-    Ok(Some(registry.policy_state(key, policy_hash(limit), || compiled).0))
+    let compiled = RequestLimiter::compile(limit).map_err(|m| invalid(path(), m))?;
+    Ok(Some(registry.policy_state(key(), policy_hash(limit), || compiled).0))
 }
 
-fn header_edits(path: &str, edits: &config_model::HeaderEdits) -> Result<HeaderEdits, CompileError> {
-    let name = |text: &str| HeaderName::from_bytes(text.as_bytes()).map_err(|e| invalid(path, e));
+fn header_edits(path: impl Fn() -> String, edits: &config_model::HeaderEdits) -> Result<HeaderEdits, CompileError> {
+    if edits.is_empty() {
+        return Ok(HeaderEdits::default());
+    }
+    let name = |text: &str| HeaderName::from_bytes(text.as_bytes()).map_err(|e| invalid(path(), e));
     let pair = |(n, v): (&String, &String)| -> Result<(HeaderName, HeaderValue), CompileError> {
-        Ok((name(n)?, HeaderValue::from_str(v).map_err(|e| invalid(path, e))?))
+        Ok((name(n)?, HeaderValue::from_str(v).map_err(|e| invalid(path(), e))?))
     };
     Ok(HeaderEdits {
         remove: edits.remove.iter().map(|n| name(n)).collect::<Result<_, _>>()?,

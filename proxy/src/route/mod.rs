@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::balance::{Balancer, PickInput};
-use crate::metrics::RequestMetrics;
+use crate::metrics::{ClusterMetrics, RequestMetrics};
 use crate::policy::breaker::DegradeBreaker;
 use crate::policy::outlier::{EndpointHealth, OutlierSettings};
 use crate::policy::request_limit::RequestLimiter;
@@ -450,7 +450,8 @@ pub struct EndpointState {
     pub connections: AtomicU32,
     /// Idle pooled HTTP/1 connections, over all workers.
     pub idle: AtomicU32,
-    pub metrics: ClusterMetrics,
+    /// The cluster's metric handles (one set per cluster, shared).
+    pub metrics: Arc<ClusterMetrics>,
 }
 
 impl std::fmt::Debug for EndpointState {
@@ -468,24 +469,6 @@ pub struct EndpointTls {
     pub tls: Arc<crate::tls::client::ClientTls>,
     pub server_name: rustls::pki_types::ServerName<'static>,
     pub handshake_errors: Counter,
-}
-
-/// Per-cluster metric handles shared by the cluster's endpoints.
-#[derive(Clone)]
-pub struct ClusterMetrics {
-    pub connections_active: Gauge,
-    pub connections_total: Counter,
-    pub requests_active: Gauge,
-    pub pool_idle: Gauge,
-    pub connect_errors: ReasonCounters,
-    pub ejections: Counter,
-    pub retries: Counter,
-}
-
-impl ClusterMetrics {
-    pub fn connect_error(&self, reason: &'static str) {
-        self.connect_errors.inc(reason);
-    }
 }
 
 /// One counter per reason label, resolved when the config is compiled.
