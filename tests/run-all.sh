@@ -18,6 +18,12 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # MQTT: the mosquitto broker and its clients (mosquitto_pub/sub).
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+# Transparent interception (iptables-init, tests/tests/transparent.rs):
+# network namespaces, both netfilter front ends, setpriv to run as UID 1500.
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing+=(iproute2)
+command -v iptables-restore >/dev/null 2>&1 || [ -x /usr/sbin/iptables-restore ] || missing+=(iptables)
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 # paho-mqtt (Python) comes from PyPI into a venv, below.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
@@ -40,6 +46,11 @@ export EDGEPLANE_PAHO_PYTHON="$PWD/$paho_venv/bin/python"
 # package selection means the same features, so their build is a no-op);
 # building it first keeps its build time out of the tests' hang guards.
 cargo build -p edgeplane --bin edgeplane
+# As root (CI), the namespace tests must run: a missing prerequisite fails
+# them. Unprivileged, they print SKIPPED with the reason.
+if [ "$(id -u)" -eq 0 ]; then
+    export EDGEPLANE_REQUIRE_ROOT_TESTS=1
+fi
 BENCH_REQUIRE_PEERS=1 cargo test --workspace "$@"
 
 # The proxy and the harness, built for arm64 and run under emulation.

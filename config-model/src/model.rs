@@ -133,6 +133,49 @@ pub struct Listener {
     /// A route's own `access` replaces this for its requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccessControl>,
+    /// Connections redirected here by netfilter (`REDIRECT`, as
+    /// `edgeplane-init` sets up for a sidecar): each connection's original
+    /// destination is read from the socket (`SO_ORIGINAL_DST`), routes can
+    /// match it (`match.destination`), and a connection no route takes is
+    /// passed through to it or refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparent: Option<Transparent>,
+}
+
+/// Transparent interception settings of a listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Transparent {
+    /// What happens to a connection whose original destination no route
+    /// takes: `passthrough` relays it as bytes to that destination (egress
+    /// allowed, like Envoy's `ALLOW_ANY`), `refuse` closes it.
+    #[serde(default)]
+    pub unmatched: Unmatched,
+    /// Time allowed to connect to the original destination of a passed-through connection.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Duration,
+}
+
+/// What a transparent listener does with connections no route takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    #[default]
+    Passthrough,
+    Refuse,
+}
+
+/// The original destination of a connection on a transparent listener.
+/// All given criteria must hold; within a list, any entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationMatch {
+    /// Addresses or networks (`10.96.0.0/12`, `fd00::/8`, `10.0.0.7`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Ports (`[8080, 9090]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
 
 /// Protocol handling for a listener.
@@ -326,6 +369,11 @@ pub struct RouteMatch {
     /// they do not decrypt, and by terminating listeners for every protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// Where the connection was going before it was intercepted (transparent
+    /// listeners only): outbound, the service's address and port; inbound,
+    /// the application's port. Evaluated per connection, like `sni`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<DestinationMatch>,
 }
 
 impl RouteMatch {

@@ -137,7 +137,7 @@ clusters:
         "listeners[1].name: duplicate listener name \"web\" (also listeners[0])",
         "listeners[1].bind: address 127.0.0.1:8080 conflicts with listeners[0].bind",
         "listeners[1].routes[0].match: HTTP match criteria on a tcp listener",
-        "listeners[1].routes[1]: unreachable: routes[0] has no `match.sni` and takes every connection",
+        "listeners[1].routes[1]: unreachable: routes[0] has no `match.sni` or `match.destination` and takes every connection",
         "clusters[0].endpoints[0]: invalid address \"127.0.0.1\"",
         "clusters[0].endpoints[1].weight: must be between 1 and 10000",
         "clusters[0].endpoints[2]: duplicate endpoint \"127.0.0.1:1\"",
@@ -670,4 +670,66 @@ fn assert_exactly(found: &[String], expected: &[&str]) {
         assert!(found.iter().any(|error| error.starts_with(want)), "missing {want:?} in {found:#?}");
     }
     assert_eq!(found.len(), expected.len(), "unexpected extra errors: {found:#?}");
+}
+
+#[test]
+fn destination_criteria_need_a_transparent_listener_and_valid_values() {
+    let config = from_yaml_str(
+        r#"
+listeners:
+  - name: plain
+    bind: 127.0.0.1:8080
+    routes:
+      - match: { destination: { ports: [80] } }
+        cluster: app
+  - name: outbound
+    bind: 127.0.0.1:15001
+    transparent: { unmatched: refuse, connect_timeout: 0s }
+    routes:
+      - match: { destination: {} }
+        cluster: app
+      - match: { destination: { addresses: [10.0.0.0/33, nonsense, "fd00::/8"], ports: [0, 443] } }
+        cluster: app
+clusters:
+  - { name: app, endpoints: ["127.0.0.1:9000"] }
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        errors(&config),
+        [
+            "listeners[0].routes[0].match.destination: only a transparent listener knows a connection's original destination (set `transparent`)",
+            "listeners[1].routes[0].match.destination: give addresses, ports or both",
+            "listeners[1].routes[1].match.destination.addresses[0]: invalid CIDR \"10.0.0.0/33\": prefix must be 0 to 32",
+            "listeners[1].routes[1].match.destination.addresses[1]: invalid CIDR \"nonsense\"",
+            "listeners[1].routes[1].match.destination.ports[0]: must be 1 to 65535",
+            "listeners[1].transparent.connect_timeout: must be greater than 0",
+        ]
+    );
+}
+
+#[test]
+fn a_tcp_route_with_a_destination_does_not_hide_the_next() {
+    let config = from_yaml_str(
+        r#"
+listeners:
+  - name: inbound
+    bind: 127.0.0.1:15003
+    protocol: tcp
+    transparent: {}
+    routes:
+      - match: { destination: { ports: [5432] } }
+        cluster: db
+      - cluster: app
+      - cluster: db
+clusters:
+  - { name: app, endpoints: ["127.0.0.1:9000"] }
+  - { name: db, endpoints: ["127.0.0.1:9001"] }
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        errors(&config),
+        ["listeners[0].routes[2]: unreachable: routes[1] has no `match.sni` or `match.destination` and takes every connection"]
+    );
 }

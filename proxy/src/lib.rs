@@ -28,6 +28,7 @@ pub mod state;
 pub mod stream;
 pub mod tcp;
 pub mod tls;
+pub mod transparent;
 pub mod upstream;
 pub mod worker;
 

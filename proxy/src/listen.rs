@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use config_model::ListenerProtocol;
+use config_model::{ListenerProtocol, Unmatched};
 use http::Version;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,7 +23,7 @@ use crate::state::Shared;
 use crate::stream::ClientStream;
 use crate::tcp;
 use crate::tls::server::ServerTls;
-use crate::tls::{ConnTls, PeerIdentity};
+use crate::tls::{ConnFacts, PeerIdentity};
 
 /// Pending-connection queue length (the kernel caps it at `somaxconn`).
 const BACKLOG: i32 = 4096;
@@ -93,11 +93,36 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
         listener.metrics.active.dec();
     });
 
+    let mut facts = ConnFacts::default();
+    if let Some(transparent) = &listener.transparent {
+        let destination = match crate::transparent::original_destination(&stream) {
+            Ok(destination) => destination,
+            Err(error) => {
+                listener.metrics.local_reply("no_route");
+                tracing::debug!(listener = %listener.name, %client, %error, "closing a connection on a transparent listener");
+                return;
+            }
+        };
+        if !listener.may_route(destination) {
+            match transparent.unmatched {
+                Unmatched::Passthrough => {
+                    listener.metrics.accepted_unmatched.inc();
+                    let relay = tcp::pass_through(stream, destination, client, transparent, &shared, &table, &listener);
+                    Box::pin(relay).await;
+                }
+                Unmatched::Refuse => {
+                    listener.metrics.local_reply("no_route");
+                    tracing::debug!(listener = %listener.name, %client, %destination, "no route for the original destination; refused");
+                }
+            }
+            return;
+        }
+        facts.destination = Some(destination);
+    }
     if listener.passthrough {
-        Box::pin(passthrough(stream, client, &shared, &table, &listener)).await;
+        Box::pin(passthrough(stream, client, facts, &shared, &table, &listener)).await;
         return;
     }
-    let mut conn_tls = ConnTls::default();
     let mut negotiated = None;
     let mut stream = match &listener.tls {
         None => ClientStream::Plain(stream),
@@ -106,9 +131,9 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
         Some(tls) => match Box::pin(accept_tls(stream, client, tls, &listener)).await {
             Some(Accepted::Tls(tls_stream)) => {
                 let session = tls_stream.get_ref().1;
-                conn_tls.terminated = true;
-                conn_tls.sni = session.server_name().map(Box::from);
-                conn_tls.peer =
+                facts.terminated = true;
+                facts.sni = session.server_name().map(Box::from);
+                facts.peer =
                     session.peer_certificates().and_then(|chain| chain.first()).and_then(PeerIdentity::from_der);
                 negotiated = match session.alpn_protocol() {
                     Some(b"h2") => Some(Detected::Http2),
@@ -151,22 +176,22 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
             let io = PrefixedIo::new(buffer, stream);
             let io = Metered::new(io, listener.metrics.bytes_rx.clone(), listener.metrics.bytes_tx.clone());
             let io = BandwidthLimits::wrap(listener.bandwidth.as_ref(), io);
-            Box::pin(serve_http1(io, context(Version::HTTP_11, conn_tls), &listener.http)).await;
+            Box::pin(serve_http1(io, context(Version::HTTP_11, facts), &listener.http)).await;
         }
         Detected::Http1 => {
             listener.metrics.accepted_http1.inc();
-            Box::pin(h1::serve(stream, buffer, shared.clone(), slot, client, conn_tls)).await;
+            Box::pin(h1::serve(stream, buffer, shared.clone(), slot, client, facts)).await;
         }
         Detected::Http2 => {
             listener.metrics.accepted_http2.inc();
             let io = PrefixedIo::new(buffer, stream);
             let io = Metered::new(io, listener.metrics.bytes_rx.clone(), listener.metrics.bytes_tx.clone());
             let io = BandwidthLimits::wrap(listener.bandwidth.as_ref(), io);
-            Box::pin(serve_http2(io, context(Version::HTTP_2, conn_tls), &listener.http)).await;
+            Box::pin(serve_http2(io, context(Version::HTTP_2, facts), &listener.http)).await;
         }
         Detected::Mqtt if listener.protocol != ListenerProtocol::Http => {
             listener.metrics.accepted_mqtt.inc();
-            Box::pin(mqtt::serve(stream, &conn_tls, buffer, client, &shared, &table, &listener)).await;
+            Box::pin(mqtt::serve(stream, &facts, buffer, client, &shared, &table, &listener)).await;
         }
         Detected::Tcp | Detected::Mqtt if listener.protocol == ListenerProtocol::Http => {
             listener.metrics.local_reply("bad_request");
@@ -178,7 +203,7 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
         }
         Detected::Tcp | Detected::Mqtt => {
             listener.metrics.accepted_tcp.inc();
-            Box::pin(tcp::relay(stream, &conn_tls, buffer, client, &shared, &table, &listener)).await;
+            Box::pin(tcp::relay(stream, &facts, buffer, client, &shared, &table, &listener)).await;
         }
     }
 }
@@ -240,6 +265,7 @@ async fn accept_tls(tcp: TcpStream, client: SocketAddr, tls: &ServerTls, listene
 async fn passthrough(
     mut tcp: TcpStream,
     client: SocketAddr,
+    mut facts: ConnFacts,
     shared: &Shared,
     table: &RouteTable,
     listener: &ListenerTable,
@@ -285,8 +311,8 @@ async fn passthrough(
     };
     results.inc("ok");
     listener.metrics.accepted_tcp.inc();
-    let conn_tls = ConnTls { sni, ..ConnTls::default() };
-    tcp::relay(ClientStream::Plain(tcp), &conn_tls, buffer, client, shared, table, listener).await;
+    facts.sni = sni;
+    tcp::relay(ClientStream::Plain(tcp), &facts, buffer, client, shared, table, listener).await;
 }
 
 /// Runs `f` when dropped.

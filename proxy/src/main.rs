@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use edgeplane::logging::{self, LogFormat};
 
+mod admin_call;
+
 #[derive(Parser)]
 #[command(name = "edgeplane", version, about = "A Rust sidecar data plane and edge gateway")]
 struct Cli {
@@ -70,6 +72,24 @@ enum Command {
     },
     /// Print the JSON Schema of the config.
     Schema,
+    /// Wait until a running proxy's `/ready` answers 200 (exit 0), or fail
+    /// after the timeout (exit 1). For a Kubernetes postStart hook that holds
+    /// the application container until the sidecar is ready.
+    WaitReady {
+        /// The proxy's admin address.
+        #[arg(long, env = "EDGEPLANE_ADMIN", default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+        /// How long to wait (`30s`, `2m`).
+        #[arg(long, default_value = "60s", value_parser = config_model::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Ask a running proxy to exit now (`POST /quitquitquit`), e.g. when a
+    /// Job's work is done. Exit 0 if it accepted.
+    Quit {
+        /// The proxy's admin address (loopback: the admin server refuses others).
+        #[arg(long, env = "EDGEPLANE_ADMIN", default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +99,27 @@ fn main() -> ExitCode {
             println!("{:#}", config_model::json_schema());
             ExitCode::SUCCESS
         }
+        Command::WaitReady { admin, timeout } => match admin_call::wait_ready(admin, timeout) {
+            Ok(waited) => {
+                println!("edgeplane at {admin} is ready (waited {} ms)", waited.as_millis());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("edgeplane wait-ready: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Quit { admin } => match admin_call::call(admin, "POST", "/quitquitquit") {
+            Ok(200) => ExitCode::SUCCESS,
+            Ok(status) => {
+                eprintln!("edgeplane quit: {admin} answered {status}");
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("edgeplane quit: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config, bootstrap } => {
             let (path, result) = match (config, bootstrap) {
                 (Some(config), _) => {

@@ -14,7 +14,7 @@ use crate::balance::PickInput;
 use crate::io::{read_when_ready, ReadSize, WaitReadable};
 use crate::policy::outlier::TryOutcome;
 use crate::policy::throttle::BandwidthLimits;
-use crate::route::{InFlight, ListenerTable, RouteTable};
+use crate::route::{InFlight, ListenerTable, RouteTable, TransparentSettings};
 use crate::state::Shared;
 use crate::stream::ClientStream;
 use crate::upstream;
@@ -29,7 +29,7 @@ const MAX_BUFFER: usize = 256 * 1024;
 /// bytes already read from the client (during detection).
 pub async fn relay(
     mut client: ClientStream,
-    tls: &crate::tls::ConnTls,
+    tls: &crate::tls::ConnFacts,
     prefix: BytesMut,
     client_addr: SocketAddr,
     shared: &Shared,
@@ -37,7 +37,7 @@ pub async fn relay(
     listener: &ListenerTable,
 ) {
     let started = Instant::now();
-    let Some(route) = listener.tcp_route_for(tls.sni.as_deref()) else {
+    let Some(route) = listener.tcp_route_for(tls) else {
         tracing::debug!(listener = %listener.name, client = %client_addr, sni = ?tls.sni, "no TCP route; closing");
         return;
     };
@@ -132,6 +132,69 @@ pub async fn relay(
     listener.metrics.bytes_rx.inc_by(rx);
     listener.metrics.bytes_tx.inc_by(tx);
     log(Some(endpoint.addr), rx, tx, outcome);
+}
+
+/// Relays a transparent connection that no route takes to where it was
+/// going (egress allowed). Counted, logged and idle-limited like routed
+/// TCP; its access-log cluster is `passthrough` (Envoy's PassthroughCluster).
+pub async fn pass_through(
+    client: tokio::net::TcpStream,
+    destination: SocketAddr,
+    client_addr: SocketAddr,
+    settings: &TransparentSettings,
+    shared: &Shared,
+    table: &RouteTable,
+    listener: &ListenerTable,
+) {
+    let started = Instant::now();
+    let log = |rx: u64, tx: u64, error: Option<String>| {
+        if table.access_log {
+            shared.access_log.tcp(
+                table.access_log_format,
+                &TcpRecord {
+                    listener: &listener.name,
+                    cluster: "passthrough",
+                    client: client_addr,
+                    upstream: Some(destination),
+                    bytes_rx: rx,
+                    bytes_tx: tx,
+                    duration_ms: millis(started.elapsed()),
+                    error,
+                    sni: None,
+                    peer: None,
+                },
+            );
+        }
+    };
+    let mut upstream =
+        match tokio::time::timeout(settings.connect_timeout, tokio::net::TcpStream::connect(destination)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(listener = %listener.name, %destination, %error, "pass-through connect failed");
+                log(0, 0, Some(error.to_string()));
+                return;
+            }
+            Err(_) => {
+                log(0, 0, Some("connect timeout".into()));
+                return;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    let mut client = ClientStream::Plain(client);
+    let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (client_read, client_write) = client.split();
+    let limits = listener.bandwidth.as_ref();
+    let mut client_read = BandwidthLimits::wrap(limits, client_read);
+    let mut client_write = BandwidthLimits::wrap(limits, client_write);
+    let (mut upstream_read, mut upstream_write) = upstream.split();
+    let activity = Activity::new();
+    let to_upstream = pipe(&mut client_read, &mut upstream_write, &rx, &listener.metrics.bytes_rx, &activity);
+    let to_client = pipe(&mut upstream_read, &mut client_write, &tx, &listener.metrics.bytes_tx, &activity);
+    let outcome = tokio::select! {
+        result = async { tokio::try_join!(to_upstream, to_client) } => result.err().map(|e| e.to_string()),
+        () = activity.idle(listener.tcp_idle_timeout) => Some("idle timeout".into()),
+    };
+    log(rx.load(Ordering::Relaxed), tx.load(Ordering::Relaxed), outcome);
 }
 
 /// Copies until EOF, then half-closes the writer so the peer sees the end of

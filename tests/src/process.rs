@@ -47,13 +47,20 @@ pub const ENV_VARS: [&str; 10] = [
 ];
 
 static BINARY: OnceLock<PathBuf> = OnceLock::new();
+static INIT_BINARY: OnceLock<PathBuf> = OnceLock::new();
 
 /// The path of the `edgeplane` binary, built on first use (once per test
 /// process) with `cargo build -q -p edgeplane --bin edgeplane` into the
 /// target dir the tests themselves were built in. Blocks while building;
 /// from async code prefer [`binary_async`].
 pub fn binary() -> PathBuf {
-    BINARY.get_or_init(build).clone()
+    BINARY.get_or_init(|| build("edgeplane", "edgeplane")).clone()
+}
+
+/// The path of the `edgeplane-init` binary (package `iptables-init`), built
+/// on first use like [`binary`].
+pub fn init_binary() -> PathBuf {
+    INIT_BINARY.get_or_init(|| build("iptables-init", "edgeplane-init")).clone()
 }
 
 /// [`binary`] on a blocking thread. Call it before a test's hang guard
@@ -90,13 +97,13 @@ fn target_dir_and_profile() -> (PathBuf, String) {
     (target, "debug".to_owned())
 }
 
-fn build() -> PathBuf {
+fn build(package: &str, bin: &str) -> PathBuf {
     let (target, profile) = target_dir_and_profile();
     let cargo = option_env!("CARGO").unwrap_or("cargo");
     let mut command = std::process::Command::new(cargo);
     command
         .current_dir(workspace_dir())
-        .args(["build", "-q", "-p", "edgeplane", "--bin", "edgeplane", "--target-dir"])
+        .args(["build", "-q", "-p", package, "--bin", bin, "--target-dir"])
         .arg(&target)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -119,17 +126,17 @@ fn build() -> PathBuf {
     match finished.recv_timeout(BUILD_TIMEOUT) {
         Ok(Ok(output)) if output.status.success() => {}
         Ok(Ok(output)) => {
-            panic!("cargo build of edgeplane failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr))
+            panic!("cargo build of {bin} failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr))
         }
-        Ok(Err(error)) => panic!("cargo build of edgeplane: {error}"),
+        Ok(Err(error)) => panic!("cargo build of {bin}: {error}"),
         Err(_) => {
             // Not reaped yet (its waiting thread is still blocked), so the
             // PID is still this cargo's.
             send_signal(pid, Signal::Kill);
-            panic!("cargo build of edgeplane hung for {BUILD_TIMEOUT:?}");
+            panic!("cargo build of {bin} hung for {BUILD_TIMEOUT:?}");
         }
     }
-    let exe = target.join(&profile).join(format!("edgeplane{}", std::env::consts::EXE_SUFFIX));
+    let exe = target.join(&profile).join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
     assert!(exe.is_file(), "cargo build succeeded but {} does not exist", exe.display());
     exe
 }

@@ -828,3 +828,30 @@ async fn startup_time_is_reported() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_ready_holds_until_ready_and_quit_ends_the_proxy() {
+    binary_async().await;
+    guard(async {
+        // Nothing listening: wait-ready gives up after its timeout with the reason.
+        let free = edgeplane_tests::harness::free_port();
+        let admin = format!("127.0.0.1:{free}");
+        let out = run_command(&["wait-ready", "--admin", &admin, "--timeout", "300ms"], &[]).await;
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stderr.contains("not ready after") && out.stderr.contains("connect"), "{}", out.stderr);
+
+        let upstream = HttpUpstream::start("app", HttpProto::Http1).await;
+        let mut proxy = ProxyProcess::spawn(&config("", upstream.addr()), &[]).await;
+        let admin = proxy.admin().to_string();
+        let out = run_command(&["wait-ready", "--admin", &admin, "--timeout", "10s"], &[]).await;
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stdout.contains("is ready"), "{}", out.stdout);
+
+        // A Job's last step: the sidecar exits at once, successfully.
+        let out = run_command(&["quit", "--admin", &admin], &[]).await;
+        assert!(out.status.success(), "{out:?}");
+        let status = proxy.wait_exit(Duration::from_secs(10)).await.expect("no exit after quit");
+        assert!(status.success(), "{status}");
+    })
+    .await;
+}

@@ -271,6 +271,9 @@ impl Validator {
                 }
             }
             self.route(&route_path, route, clusters);
+            if let Some(destination) = &route.matches.destination {
+                self.destination(&route_path, destination, listener.transparent.is_some());
+            }
             match listener.protocol {
                 ListenerProtocol::Tcp => {
                     self.tcp_only(&route_path, route, "tcp");
@@ -294,17 +297,49 @@ impl Validator {
         if listener.protocol == ListenerProtocol::Tcp {
             if listener.routes.is_empty() {
                 self.error(format!("{path}.routes"), "a tcp listener needs a route");
-            } else if let Some(catch_all) = listener.routes.iter().position(|route| route.matches.sni.is_none()) {
-                // Routes are tried by SNI; the first without one takes the rest.
+            } else if let Some(catch_all) = listener
+                .routes
+                .iter()
+                .position(|route| route.matches.sni.is_none() && route.matches.destination.is_none())
+            {
+                // Routes are tried by SNI and destination; the first with neither takes the rest.
                 if catch_all + 1 < listener.routes.len() {
                     self.error(
                         format!("{path}.routes[{}]", catch_all + 1),
-                        format!("unreachable: routes[{catch_all}] has no `match.sni` and takes every connection"),
+                        format!(
+                            "unreachable: routes[{catch_all}] has no `match.sni` or `match.destination` and takes every connection"
+                        ),
                     );
                 }
             }
         }
+        if let Some(transparent) = &listener.transparent {
+            self.positive(|| format!("{path}.transparent.connect_timeout"), &transparent.connect_timeout);
+        }
         self.listener_tls(path, listener, has_identity);
+    }
+
+    fn destination(&mut self, route_path: &dyn fmt::Display, destination: &DestinationMatch, transparent: bool) {
+        let path = format!("{route_path}.match.destination");
+        if !transparent {
+            self.error(
+                path.clone(),
+                "only a transparent listener knows a connection's original destination (set `transparent`)",
+            );
+        }
+        if destination.addresses.is_empty() && destination.ports.is_empty() {
+            self.error(path.clone(), "give addresses, ports or both");
+        }
+        for (i, address) in destination.addresses.iter().enumerate() {
+            if let Err(message) = address.parse::<crate::values::Cidr>() {
+                self.error(format!("{path}.addresses[{i}]"), message);
+            }
+        }
+        for (i, port) in destination.ports.iter().enumerate() {
+            if *port == 0 {
+                self.error(format!("{path}.ports[{i}]"), "must be 1 to 65535");
+            }
+        }
     }
 
     /// Routes of a listener that does not speak HTTP (`kind`: tcp, mqtt).

@@ -37,15 +37,19 @@ pub struct ConnContext {
     pub client: SocketAddr,
     pub downstream: Version,
     /// SNI and peer identity of a TLS connection.
-    pub tls: crate::tls::ConnTls,
+    pub tls: crate::tls::ConnFacts,
 }
 
-/// A request's view for route matching.
-struct PartsView<'a>(&'a http::request::Parts, Option<&'a str>);
+/// A request's view for route matching, with its connection's facts.
+struct PartsView<'a>(&'a http::request::Parts, Option<&'a crate::tls::ConnFacts>);
 
 impl RequestView for PartsView<'_> {
     fn sni(&self) -> Option<&str> {
-        self.1
+        self.1.and_then(|facts| facts.sni.as_deref())
+    }
+
+    fn destination(&self) -> Option<std::net::SocketAddr> {
+        self.1.and_then(|facts| facts.destination)
     }
 
     fn method(&self) -> &str {
@@ -87,7 +91,7 @@ pub async fn handle(
         return Ok(https_redirect(&conn, &table, listener, started, &log, &parts, status, port));
     }
 
-    let Some(route) = listener.route_for(&PartsView(&parts, conn.tls.sni.as_deref())) else {
+    let Some(route) = listener.route_for(&PartsView(&parts, Some(&conn.tls))) else {
         let error = ProxyError::NoRoute;
         return Ok(local_reply(
             &conn,

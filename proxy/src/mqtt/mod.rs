@@ -86,7 +86,7 @@ struct Tally {
 /// detection).
 pub async fn serve(
     mut client: ClientStream,
-    tls: &crate::tls::ConnTls,
+    tls: &crate::tls::ConnFacts,
     mut buf: BytesMut,
     client_addr: SocketAddr,
     shared: &Shared,
@@ -158,7 +158,7 @@ pub async fn serve(
     }
     drop(password);
 
-    let Some(route) = listener.mqtt_route_for(&info.client_id, info.username.as_deref(), tls.sni.as_deref()) else {
+    let Some(route) = listener.mqtt_route_for(&info.client_id, info.username.as_deref(), tls) else {
         let _ = crate::io::write_out(&mut client, &refuse("no route", "no_route", refusal::SERVER_UNAVAILABLE)).await;
         return;
     };

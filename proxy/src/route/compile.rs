@@ -11,7 +11,7 @@ use std::sync::Arc;
 use config_model::{Config, HashOn, HeaderMatch, LbPolicy, ListenerProtocol, ParsedUpstream, PathMatch};
 use http::{HeaderName, HeaderValue};
 
-use super::matcher::{anchored, HeaderCheck, HostMatcher, MqttMatcher, PathMatcher, RouteMatcher};
+use super::matcher::{anchored, DestinationMatcher, HeaderCheck, HostMatcher, MqttMatcher, PathMatcher, RouteMatcher};
 use super::*;
 use crate::balance::Balancer;
 use crate::metrics::{
@@ -394,9 +394,13 @@ fn compile_listener(
         )?);
     }
     let tcp_route = routes.iter().position(|route: &Route| {
-        route.matcher.is_empty() && route.mqtt.is_none() && route.direct.is_none() && route.sni.is_none()
+        route.matcher.is_empty()
+            && route.mqtt.is_none()
+            && route.direct.is_none()
+            && route.sni.is_none()
+            && route.destination.is_none()
     });
-    let routes_by_sni = routes.iter().any(|route| route.sni.is_some());
+    let routes_by_connection = routes.iter().any(|route| route.sni.is_some() || route.destination.is_some());
     let http = &listener.http;
     let connection = |protocol| {
         metrics.connections_total.get_or_create(&ConnectionLabels { listener: listener.name.clone(), protocol }).clone()
@@ -432,7 +436,17 @@ fn compile_listener(
             tcp_route
         },
         routes,
-        routes_by_sni,
+        routes_by_connection,
+        transparent: match &listener.transparent {
+            Some(transparent) => Some(TransparentSettings {
+                unmatched: transparent.unmatched,
+                connect_timeout: duration(
+                    || format!("{path}.transparent.connect_timeout"),
+                    &transparent.connect_timeout,
+                )?,
+            }),
+            None => None,
+        },
         tls,
         passthrough,
         access: listener.access.as_ref().map(crate::tls::AllowList::compile),
@@ -464,6 +478,7 @@ fn compile_listener(
             accepted_http1: connection("http1"),
             accepted_http2: connection("http2"),
             accepted_tcp: connection("tcp"),
+            accepted_unmatched: connection("unmatched_passthrough"),
             accepted_mqtt: connection("mqtt"),
             bytes_rx: direction("rx"),
             bytes_tx: direction("tx"),
@@ -625,6 +640,20 @@ fn compile_route(
     Ok(Route {
         name: name.clone(),
         sni: m.sni.as_deref().map(HostMatcher::new),
+        destination: match &m.destination {
+            Some(destination) => Some(DestinationMatcher {
+                networks: destination
+                    .addresses
+                    .iter()
+                    .enumerate()
+                    .map(|(i, text)| {
+                        text.parse().map_err(|e| invalid(format!("{path}.match.destination.addresses[{i}]"), e))
+                    })
+                    .collect::<Result<_, _>>()?,
+                ports: destination.ports.as_slice().into(),
+            }),
+            None => None,
+        },
         access: route.access.as_deref().map(crate::tls::AllowList::compile),
         jwt: match &route.jwt {
             Some(jwt) => Some(Arc::new(
@@ -682,4 +711,67 @@ fn header_edits(path: impl Fn() -> String, edits: &config_model::HeaderEdits) ->
         set: edits.set.iter().map(pair).collect::<Result<_, _>>()?,
         add: edits.add.iter().map(pair).collect::<Result<_, _>>()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::ConnFacts;
+
+    /// Routing by original destination, with the destination a transparent
+    /// listener would read from the socket given directly.
+    #[test]
+    fn transparent_listeners_route_by_original_destination() {
+        let config = config_model::from_yaml_str(
+            r#"
+listeners:
+  - name: outbound
+    bind: 127.0.0.1:0
+    transparent: { unmatched: refuse }
+    routes:
+      - name: bookstore
+        match: { destination: { addresses: [10.96.0.0/16, "fd00::/8"], ports: [8080] } }
+        cluster: bookstore
+      - name: any-port-of-db
+        match: { destination: { addresses: [10.1.2.3] } }
+        cluster: db
+  - name: inbound
+    bind: 127.0.0.1:0
+    protocol: tcp
+    transparent: {}
+    routes:
+      - match: { destination: { ports: [9000] } }
+        cluster: app
+clusters:
+  - { name: bookstore, endpoints: ["127.0.0.1:1"] }
+  - { name: db, endpoints: ["127.0.0.1:2"] }
+  - { name: app, endpoints: ["127.0.0.1:3"] }
+"#,
+        )
+        .unwrap();
+        config_model::validate(&config).unwrap();
+        let (registry, metrics) = (crate::state::Registry::default(), Metrics::new());
+        let table = compile(Arc::new(config), 0, 1, &registry, &metrics).unwrap();
+        let outbound = table.listeners.iter().flatten().find(|l| &*l.name == "outbound").unwrap();
+        let inbound = table.listeners.iter().flatten().find(|l| &*l.name == "inbound").unwrap();
+        assert_eq!(outbound.transparent.as_ref().unwrap().unmatched, config_model::Unmatched::Refuse);
+        assert_eq!(inbound.transparent.as_ref().unwrap().unmatched, config_model::Unmatched::Passthrough);
+
+        let to = |addr: &str| ConnFacts { destination: Some(addr.parse().unwrap()), ..ConnFacts::default() };
+        let route =
+            |listener: &ListenerTable, addr: &str| listener.tcp_route_for(&to(addr)).map(|r| r.name.to_string());
+        assert_eq!(route(outbound, "10.96.3.4:8080").as_deref(), Some("bookstore"));
+        assert_eq!(route(outbound, "[fd00::1]:8080").as_deref(), Some("bookstore"));
+        assert_eq!(route(outbound, "[::ffff:10.96.0.1]:8080").as_deref(), Some("bookstore"), "v4-mapped");
+        assert_eq!(route(outbound, "10.96.3.4:8081"), None, "wrong port");
+        assert_eq!(route(outbound, "10.97.0.1:8080"), None, "outside the network");
+        assert_eq!(route(outbound, "10.1.2.3:5432").as_deref(), Some("any-port-of-db"));
+        assert!(outbound.may_route("10.1.2.3:1".parse().unwrap()));
+        assert!(!outbound.may_route("192.0.2.1:80".parse().unwrap()), "no route: unmatched applies");
+        // A connection without a known destination matches no destination criterion.
+        assert_eq!(outbound.tcp_route_for(&ConnFacts::default()).map(|r| r.name.to_string()), None);
+
+        assert_eq!(route(inbound, "10.0.0.5:9000").as_deref(), Some("route-0"));
+        assert_eq!(route(inbound, "10.0.0.5:9001"), None);
+    }
 }

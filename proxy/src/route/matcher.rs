@@ -17,6 +17,27 @@ pub trait RequestView {
     fn sni(&self) -> Option<&str> {
         None
     }
+    /// The original destination of the request's connection (transparent listeners).
+    fn destination(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+}
+
+/// A route's `match.destination`: any of the networks (if given) and any of
+/// the ports (if given).
+#[derive(Debug)]
+pub struct DestinationMatcher {
+    pub networks: Box<[config_model::Cidr]>,
+    pub ports: Box<[u16]>,
+}
+
+impl DestinationMatcher {
+    /// A connection without a known destination matches no destination criterion.
+    pub fn matches(&self, destination: Option<std::net::SocketAddr>) -> bool {
+        let Some(destination) = destination else { return false };
+        (self.networks.is_empty() || self.networks.iter().any(|net| net.contains(destination.ip())))
+            && (self.ports.is_empty() || self.ports.contains(&destination.port()))
+    }
 }
 
 #[derive(Debug)]

@@ -58,8 +58,11 @@ pub struct ListenerTable {
     pub routes: Vec<Route>,
     /// The route opaque TCP connections take: the first without HTTP criteria.
     pub tcp_route: Option<usize>,
-    /// Some route has an SNI criterion (connections pick their route by it).
-    pub routes_by_sni: bool,
+    /// Some route has an SNI or destination criterion (connections pick
+    /// their route by it).
+    pub routes_by_connection: bool,
+    /// Transparent interception (`SO_ORIGINAL_DST`); `None` for ordinary listeners.
+    pub transparent: Option<TransparentSettings>,
     /// TLS termination; `None` for plaintext and passthrough listeners.
     pub tls: Option<Arc<crate::tls::server::ServerTls>>,
     /// Route TLS by the ClientHello's SNI without decrypting.
@@ -78,22 +81,30 @@ impl ListenerTable {
         self.routes.iter().find(|route| {
             route.mqtt.is_none()
                 && route.sni.as_ref().is_none_or(|sni| request.sni().is_some_and(|name| sni.matches(name)))
+                && route.destination.as_ref().is_none_or(|matcher| matcher.matches(request.destination()))
                 && route.matcher.matches(request)
         })
     }
 
     /// The route of an opaque TCP connection (or a TLS connection passed
     /// through) whose client asked for `sni`.
-    pub fn tcp_route_for(&self, sni: Option<&str>) -> Option<&Route> {
-        if !self.routes_by_sni {
+    pub fn tcp_route_for(&self, facts: &crate::tls::ConnFacts) -> Option<&Route> {
+        if !self.routes_by_connection {
             return self.tcp_route.map(|index| &self.routes[index]);
         }
         self.routes.iter().find(|route| {
             (route.matcher.is_empty() || self.protocol == ListenerProtocol::Tcp)
                 && route.mqtt.is_none()
                 && route.direct.is_none()
-                && route.sni.as_ref().is_none_or(|matcher| sni.is_some_and(|name| matcher.matches(name)))
+                && route.takes_connection(facts)
         })
+    }
+
+    /// Whether some route may take a connection to `destination` (its
+    /// requests may still match none); else a transparent listener's
+    /// `unmatched` rule applies to the whole connection.
+    pub fn may_route(&self, destination: std::net::SocketAddr) -> bool {
+        self.routes.iter().any(|route| route.destination.as_ref().is_none_or(|m| m.matches(Some(destination))))
     }
 
     /// Whether a peer may use `route` (the route's `access`, else the listener's).
@@ -106,14 +117,25 @@ impl ListenerTable {
 
     /// The route of an MQTT connection: the first without HTTP criteria or
     /// a direct response whose MQTT criteria (if any) fit the CONNECT.
-    pub fn mqtt_route_for(&self, client_id: &str, username: Option<&str>, sni: Option<&str>) -> Option<&Route> {
+    pub fn mqtt_route_for(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        facts: &crate::tls::ConnFacts,
+    ) -> Option<&Route> {
         self.routes.iter().find(|route| {
             route.matcher.is_empty()
                 && route.direct.is_none()
-                && route.sni.as_ref().is_none_or(|matcher| sni.is_some_and(|name| matcher.matches(name)))
+                && route.takes_connection(facts)
                 && route.mqtt.as_ref().is_none_or(|m| m.matches(client_id, username))
         })
     }
+}
+
+#[derive(Debug)]
+pub struct TransparentSettings {
+    pub unmatched: config_model::Unmatched,
+    pub connect_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -146,6 +168,8 @@ pub struct ListenerMetrics {
     pub accepted_http1: Counter,
     pub accepted_http2: Counter,
     pub accepted_tcp: Counter,
+    /// Transparent connections no route takes, relayed to their original destination.
+    pub accepted_unmatched: Counter,
     pub accepted_mqtt: Counter,
     pub bytes_rx: Counter,
     pub bytes_tx: Counter,
@@ -169,6 +193,8 @@ pub struct Route {
     pub name: Arc<str>,
     /// The TLS server name the client must have asked for.
     pub sni: Option<matcher::HostMatcher>,
+    /// Where the connection must have been going (transparent listeners).
+    pub destination: Option<matcher::DestinationMatcher>,
     /// Who may use the route; the listener's list when absent.
     pub access: Option<Arc<crate::tls::AllowList>>,
     /// Tokens every request must carry.
@@ -185,6 +211,15 @@ pub struct Route {
     pub response_edits: HeaderEdits,
     pub retry: Option<RetryPolicy>,
     pub rate_limit: Option<Arc<RequestLimiter>>,
+}
+
+impl Route {
+    /// Whether the route's connection-level criteria (SNI, original
+    /// destination) hold for a connection.
+    pub fn takes_connection(&self, facts: &crate::tls::ConnFacts) -> bool {
+        self.sni.as_ref().is_none_or(|matcher| facts.sni.as_deref().is_some_and(|name| matcher.matches(name)))
+            && self.destination.as_ref().is_none_or(|matcher| matcher.matches(facts.destination))
+    }
 }
 
 /// A response the proxy makes itself.

@@ -18,18 +18,22 @@ use rustls::crypto::CryptoProvider;
 pub use config_model::Cidr;
 pub use identity::{AllowList, PeerIdentity};
 
-/// What a TLS handshake with a client established, for routing and logs.
+/// What a client connection established beyond its address, for routing
+/// and logs: its TLS handshake's facts and, on a transparent listener, where
+/// it was going before it was intercepted.
 #[derive(Debug, Default)]
-pub struct ConnTls {
+pub struct ConnFacts {
     /// TLS was terminated here (`https` in forwarding headers).
     pub terminated: bool,
     /// The SNI the client sent (lowercase).
     pub sni: Option<Box<str>>,
     /// From the verified client certificate.
     pub peer: Option<PeerIdentity>,
+    /// The original destination (`SO_ORIGINAL_DST`) on a transparent listener.
+    pub destination: Option<std::net::SocketAddr>,
 }
 
-impl ConnTls {
+impl ConnFacts {
     pub fn scheme(&self) -> &'static str {
         if self.terminated {
             "https"

@@ -86,13 +86,30 @@ impl HttpUpstream {
         Self::start_with(name, move |state, stream| serve_connection(state, proto, stream)).await
     }
 
+    /// Serves on a socket bound elsewhere (e.g. inside a network namespace
+    /// the test made), instead of an ephemeral loopback port.
+    pub async fn start_on(name: &str, proto: HttpProto, listener: std::net::TcpListener) -> HttpUpstream {
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a listening socket");
+        Self::serve_on(name, listener, move |state, stream| serve_connection(state, proto, stream))
+    }
+
     /// Binds a loopback port and serves each accepted connection with `serve`.
     async fn start_with<F, Fut>(name: &str, serve: F) -> HttpUpstream
     where
         F: Fn(Arc<State>, tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let (listener, addr) = bind_loopback().await;
+        let (listener, _) = bind_loopback().await;
+        Self::serve_on(name, listener, serve)
+    }
+
+    fn serve_on<F, Fut>(name: &str, listener: tokio::net::TcpListener, serve: F) -> HttpUpstream
+    where
+        F: Fn(Arc<State>, tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let addr = listener.local_addr().expect("a bound listener");
         let name: Arc<str> = Arc::from(name);
         let connections = Arc::new(AtomicUsize::new(0));
         let state = Arc::new(State {

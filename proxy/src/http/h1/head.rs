@@ -327,11 +327,17 @@ pub struct RequestHeadView<'a> {
     pub buf: &'a [u8],
     /// The connection's TLS server name.
     pub sni: Option<&'a str>,
+    /// The connection's original destination (transparent listeners).
+    pub destination: Option<std::net::SocketAddr>,
 }
 
 impl RequestView for RequestHeadView<'_> {
     fn sni(&self) -> Option<&str> {
         self.sni
+    }
+
+    fn destination(&self) -> Option<std::net::SocketAddr> {
+        self.destination
     }
 
     fn method(&self) -> &str {

@@ -47,7 +47,7 @@ use crate::route::{
 };
 use crate::state::{draining, Shared};
 use crate::stream::ClientStream;
-use crate::tls::ConnTls;
+use crate::tls::ConnFacts;
 use crate::upstream;
 
 /// Largest request body the fast path buffers whole; larger bodies are
@@ -65,7 +65,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     slot: usize,
     client: SocketAddr,
-    tls: ConnTls,
+    tls: ConnFacts,
 ) {
     let mut connection = Connection {
         tls,
@@ -106,7 +106,7 @@ struct Connection {
     client: SocketAddr,
     stream: ClientStream,
     /// SNI and peer identity of a TLS connection.
-    tls: ConnTls,
+    tls: ConnFacts,
     /// Client bytes not yet consumed; starts at the current request.
     buf: BytesMut,
     head: RequestHead,
@@ -276,7 +276,12 @@ impl Connection {
         if listener.http.redirect_https.is_some() && !self.tls.terminated {
             return Next::Handover;
         }
-        let view = RequestHeadView { head: &self.head, buf: &self.buf, sni: self.tls.sni.as_deref() };
+        let view = RequestHeadView {
+            head: &self.head,
+            buf: &self.buf,
+            sni: self.tls.sni.as_deref(),
+            destination: self.tls.destination,
+        };
         let Some(route) = listener.route_for(&view) else {
             let metrics = &listener.metrics.unrouted;
             return self.local_reply(table, listener, metrics, ("", ""), started, ProxyError::NoRoute).await;

@@ -1,0 +1,439 @@
+//! Transparent interception for real: network namespaces stand in for pods.
+//!
+//! An "app" namespace gets the sidecar rules from the real `edgeplane-init`
+//! and runs the real `edgeplane` binary as UID 1500; a "server" namespace,
+//! joined by a veth pair, holds the services the app talks to. Clients are
+//! curl, run in the namespaces as an application would run. Every test
+//! needs root, `ip`, `setpriv`, curl and the backend's binaries: without
+//! them each test prints `SKIPPED: <reason>` and returns — unless
+//! `EDGEPLANE_REQUIRE_ROOT_TESTS=1` (the suite's runner sets it), when a
+//! missing prerequisite fails the test.
+//!
+//! Topology (N is unique per test):
+//! ```text
+//!  app ns (rules, edgeplane as uid 1500)      server ns
+//!  10.201.N.1 / fd00:201:N::1  <-- veth -->  10.201.N.2, 10.201.N.3 / fd00:201:N::2
+//!  app server :8000, :8001                    HTTP servers :8080, :9090, :7070
+//! ```
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use edgeplane_tests::process::{binary, init_binary};
+use edgeplane_tests::upstream::{HttpProto, HttpUpstream};
+
+/// The header the proxy's routes add, so the servers show who forwarded.
+const VIA: &str = "x-intercepted";
+
+static NEXT_TOPOLOGY: AtomicUsize = AtomicUsize::new(1);
+
+/// Why these tests cannot run here, if they cannot.
+fn missing_prerequisite(backend: &str) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1));
+    if euid != Some("0") {
+        return Some("needs root (network namespaces and netfilter rules)".into());
+    }
+    let tools: &[&str] = match backend {
+        "nft" => &["ip", "setpriv", "curl", "nft"],
+        _ => &["ip", "setpriv", "curl", "iptables-save", "iptables-restore", "ip6tables-restore"],
+    };
+    for tool in tools {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!("`{tool}` is not installed"));
+        }
+    }
+    None
+}
+
+/// Returns from the test with a visible reason, or fails it when the
+/// runner requires these tests.
+macro_rules! require_root_setup {
+    ($backend:expr) => {
+        if let Some(reason) = missing_prerequisite($backend) {
+            if std::env::var("EDGEPLANE_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
+                panic!("EDGEPLANE_REQUIRE_ROOT_TESTS=1 but {reason}");
+            }
+            // Straight to stderr: the harness captures `eprintln!` of passing tests.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("SKIPPED: {} ({}): {reason}\n", module_path!(), $backend).as_bytes(),
+            );
+            return;
+        }
+    };
+}
+
+/// Runs a command to completion; its stdout, or a panic with its stderr.
+async fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
+    let program = program.as_ref().to_owned();
+    let output = tokio::process::Command::new(&program)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {program:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program:?} {args:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Two namespaces joined by a veth pair; deleted (with their rules and
+/// every socket in them) when dropped.
+struct Topology {
+    n: usize,
+    app: String,
+    server: String,
+}
+
+impl Topology {
+    async fn create() -> Topology {
+        let n = NEXT_TOPOLOGY.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", std::process::id());
+        let topology = Topology { n, app: format!("ep-app-{id}"), server: format!("ep-srv-{id}") };
+        let (veth_app, veth_server) =
+            (format!("epa{}x{n}", std::process::id() % 100_000), format!("eps{}x{n}", std::process::id() % 100_000));
+        run("ip", &["netns", "add", &topology.app]).await;
+        run("ip", &["netns", "add", &topology.server]).await;
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &veth_app,
+                "netns",
+                &topology.app,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &veth_server,
+                "netns",
+                &topology.server,
+            ],
+        )
+        .await;
+        for (ns, dev, addrs) in [
+            (&topology.app, &veth_app, vec![topology.v4(1) + "/24", topology.v6(1) + "/64"]),
+            (
+                &topology.server,
+                &veth_server,
+                vec![topology.v4(2) + "/24", topology.v4(3) + "/24", topology.v6(2) + "/64"],
+            ),
+        ] {
+            topology.exec_in(ns, &["ip", "link", "set", "lo", "up"]).await;
+            for addr in &addrs {
+                let mut args = vec!["ip", "addr", "add", addr.as_str(), "dev", dev.as_str()];
+                if addr.contains(':') {
+                    // No duplicate address detection: usable at once.
+                    args.push("nodad");
+                }
+                topology.exec_in(ns, &args).await;
+            }
+            topology.exec_in(ns, &["ip", "link", "set", dev, "up"]).await;
+        }
+        topology
+    }
+
+    fn v4(&self, host: u8) -> String {
+        format!("10.201.{}.{host}", self.n)
+    }
+
+    fn v6(&self, host: u8) -> String {
+        format!("fd00:201:{}::{host}", self.n)
+    }
+
+    async fn exec_in(&self, ns: &str, command: &[&str]) -> String {
+        let mut args = vec!["netns", "exec", ns];
+        args.extend_from_slice(command);
+        run("ip", &args).await
+    }
+
+    /// A plain GET with curl from inside `ns`; the response body.
+    async fn curl(&self, ns: &str, url: &str) -> String {
+        self.exec_in(ns, &["curl", "-sS", "-g", "--max-time", "10", url]).await
+    }
+
+    /// Like [`Self::curl`], but a failure is the result, not a panic.
+    async fn try_curl(&self, ns: &str, url: &str) -> Result<String, String> {
+        let output = tokio::process::Command::new("ip")
+            .args(["netns", "exec", ns, "curl", "-sS", "-g", "--max-time", "10", url])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run curl");
+        match output.status.success() {
+            true => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+            false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+        }
+    }
+
+    /// A listening socket made inside `ns` (a socket keeps the namespace
+    /// it was created in, so the test serves it from its own runtime).
+    fn bind_in(ns: &str, addr: &str) -> std::net::TcpListener {
+        let path = PathBuf::from(format!("/var/run/netns/{ns}"));
+        let addr = addr.to_owned();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            std::net::TcpListener::bind(&addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))
+        })
+        .join()
+        .expect("the binding thread")
+    }
+
+    async fn serve(&self, ns: &str, name: &str, addr: &str) -> HttpUpstream {
+        HttpUpstream::start_on(name, HttpProto::Http1, Self::bind_in(ns, addr)).await
+    }
+
+    /// `edgeplane-init` in the app namespace with `args`.
+    async fn init(&self, args: &[&str]) -> String {
+        let netns = format!("/var/run/netns/{}", self.app);
+        let mut all = vec!["--netns", netns.as_str()];
+        all.extend_from_slice(args);
+        run(init_binary(), &all).await
+    }
+
+    async fn metrics(&self) -> String {
+        self.curl(&self.app, "http://127.0.0.1:15000/metrics").await
+    }
+
+    /// Connections a listener accepted, by the protocol they turned out to be.
+    async fn accepted(&self, listener: &str, protocol: &str) -> u64 {
+        let prefix =
+            format!("edgeplane_downstream_connections_total{{listener=\"{listener}\",protocol=\"{protocol}\"}} ");
+        let metrics = self.metrics().await;
+        metrics.lines().find_map(|line| line.strip_prefix(&prefix)).map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    async fn rules(&self, backend: &str) -> String {
+        match backend {
+            "nft" => self.exec_in(&self.app, &["nft", "list", "ruleset"]).await,
+            _ => {
+                let v4 = self.exec_in(&self.app, &["iptables-save", "-t", "nat"]).await;
+                let v6 = self.exec_in(&self.app, &["ip6tables-save", "-t", "nat"]).await;
+                v4 + &v6
+            }
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.app, &self.server] {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The real proxy in the app namespace, as UID 1500; killed when dropped.
+struct Sidecar {
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    async fn start(topology: &Topology) -> Sidecar {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // UID 1500 must be able to read the config.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let config = dir.path().join("sidecar.yaml");
+        std::fs::write(&config, sidecar_config(topology)).unwrap();
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let log = std::fs::File::create(dir.path().join("edgeplane.log")).unwrap();
+        let child = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &topology.app, "setpriv", "--reuid", "1500", "--regid", "1500", "--clear-groups"])
+            .arg(binary())
+            .args(["run", "--no-watch", "-c"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn edgeplane");
+        let sidecar = Sidecar { child, _dir: dir };
+        let edgeplane = binary();
+        let ready = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &topology.app])
+            .arg(&edgeplane)
+            .args(["wait-ready", "--admin", "127.0.0.1:15000", "--timeout", "30s"])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            ready.status.success(),
+            "edgeplane never got ready: {}\n{}",
+            String::from_utf8_lossy(&ready.stderr),
+            sidecar.log()
+        );
+        sidecar
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("edgeplane.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn sidecar_config(t: &Topology) -> String {
+    format!(
+        r#"
+admin: {{ bind: "127.0.0.1:15000" }}
+listeners:
+  - name: outbound
+    bind: "[::]:15001"
+    transparent: {{ unmatched: passthrough }}
+    routes:
+      - name: svc
+        match: {{ destination: {{ addresses: ["{svc4}/32", "{svc6}/128"], ports: [8080] }} }}
+        cluster: svc
+        request_headers: {{ set: {{ {VIA}: outbound }} }}
+  - name: inbound
+    bind: "[::]:15003"
+    transparent: {{ unmatched: refuse }}
+    routes:
+      - name: app
+        match: {{ destination: {{ ports: [8000] }} }}
+        cluster: app
+        request_headers: {{ set: {{ {VIA}: inbound }} }}
+clusters:
+  - {{ name: svc, endpoints: ["{svc4}:8080"] }}
+  - {{ name: app, endpoints: ["127.0.0.1:8000"] }}
+"#,
+        svc4 = t.v4(2),
+        svc6 = t.v6(2),
+    )
+}
+
+/// What a test server saw of the request: the proxy's header, if any.
+fn via(body: &str) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    json["headers"][VIA].as_str().map(str::to_owned)
+}
+
+fn upstream(body: &str) -> String {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    json["upstream"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The rules without counters (`iptables-save` prints packet counts of
+/// the built-in chains, which traffic changes).
+fn rule_lines(rules: &str) -> Vec<String> {
+    rules
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(':'))
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn intercepts_for_real(backend: &str) {
+    let t = Topology::create().await;
+    let _svc = t.serve(&t.server, "svc", "[::]:8080").await;
+    let _other = t.serve(&t.server, "other", "[::]:9090").await;
+    let _excluded = t.serve(&t.server, "excluded-port", "[::]:7070").await;
+    let _app = t.serve(&t.app, "app", "0.0.0.0:8000").await;
+    let _app_admin = t.serve(&t.app, "app-8001", "0.0.0.0:8001").await;
+
+    let excluded_cidr = format!("{}/32", t.v4(3));
+    let args = [
+        "--backend",
+        backend,
+        "--ipv6",
+        "on",
+        "--outbound-exclude-ports",
+        "7070",
+        "--outbound-exclude-cidrs",
+        excluded_cidr.as_str(),
+        "--inbound-exclude-ports",
+        "8001",
+    ];
+    t.init(&args).await;
+    let sidecar = Sidecar::start(&t).await;
+
+    // Outbound, IPv4 and IPv6: the app's plain curl goes through the proxy,
+    // which routes by the original destination and forwards to it.
+    let body = t.curl(&t.app, &format!("http://{}:8080/hello", t.v4(2))).await;
+    assert_eq!((upstream(&body), via(&body)), ("svc".into(), Some("outbound".into())), "{}", sidecar.log());
+    let body = t.curl(&t.app, &format!("http://[{}]:8080/hello", t.v6(2))).await;
+    assert_eq!((upstream(&body), via(&body)), ("svc".into(), Some("outbound".into())), "IPv6");
+
+    // No route for port 9090: passed through to the original destination.
+    let before = t.accepted("outbound", "unmatched_passthrough").await;
+    let body = t.curl(&t.app, &format!("http://{}:9090/", t.v4(2))).await;
+    assert_eq!((upstream(&body), via(&body)), ("other".into(), None));
+    assert_eq!(t.accepted("outbound", "unmatched_passthrough").await, before + 1);
+
+    // Excluded port and CIDR: straight to the server, the proxy never sees them.
+    let http1 = t.accepted("outbound", "http1").await;
+    let body = t.curl(&t.app, &format!("http://{}:7070/", t.v4(2))).await;
+    assert_eq!((upstream(&body), via(&body)), ("excluded-port".into(), None));
+    let body = t.curl(&t.app, &format!("http://{}:8080/", t.v4(3))).await;
+    assert_eq!((upstream(&body), via(&body)), ("svc".into(), None), "excluded CIDR");
+    assert_eq!(t.accepted("outbound", "http1").await, http1, "excluded traffic bypasses the proxy");
+
+    // Inbound: a client in the other namespace reaches the app through 15003;
+    // an excluded inbound port reaches the app directly.
+    let body = t.curl(&t.server, &format!("http://{}:8000/", t.v4(1))).await;
+    assert_eq!((upstream(&body), via(&body)), ("app".into(), Some("inbound".into())));
+    let body = t.curl(&t.server, &format!("http://[{}]:8000/", t.v6(1))).await;
+    assert_eq!((upstream(&body), via(&body)), ("app".into(), Some("inbound".into())), "inbound IPv6");
+    let body = t.curl(&t.server, &format!("http://{}:8001/", t.v4(1))).await;
+    assert_eq!((upstream(&body), via(&body)), ("app-8001".into(), None));
+    // The inbound listener refuses what no route takes (`unmatched: refuse`),
+    // even where the app listens.
+    let _unrouted = t.serve(&t.app, "app-8002", "0.0.0.0:8002").await;
+    let refused = t.try_curl(&t.server, &format!("http://{}:8002/", t.v4(1))).await;
+    assert!(refused.is_err(), "an unrouted inbound port reached the app: {refused:?}");
+
+    // Re-running replaces the rules: the same rule set (no duplicated
+    // jumps), and traffic still flows.
+    let first = rule_lines(&t.rules(backend).await);
+    t.init(&args).await;
+    let again = rule_lines(&t.rules(backend).await);
+    assert_eq!(again, first, "a re-run changed the rules");
+    if backend != "nft" {
+        let jumps = again.iter().filter(|l| *l == "-A OUTPUT -p tcp -j OSM_PROXY_OUTBOUND").count();
+        assert_eq!(jumps, 2, "one OUTPUT jump per family:\n{}", again.join("\n"));
+    }
+    let body = t.curl(&t.app, &format!("http://{}:8080/", t.v4(2))).await;
+    assert_eq!(via(&body).as_deref(), Some("outbound"));
+
+    // Cleanup restores the namespace: nothing of ours left, traffic direct.
+    t.init(&["--backend", backend, "--ipv6", "on", "--cleanup"]).await;
+    let rules = t.rules(backend).await;
+    assert!(!rules.contains("OSM_PROXY") && !rules.contains("osm_proxy"), "left after cleanup:\n{rules}");
+    let body = t.curl(&t.app, &format!("http://{}:8080/", t.v4(2))).await;
+    assert_eq!((upstream(&body), via(&body)), ("svc".into(), None));
+    drop(sidecar);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_rules_intercept_outbound_and_inbound_traffic() {
+    require_root_setup!("iptables");
+    intercepts_for_real("iptables").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_rules_intercept_outbound_and_inbound_traffic() {
+    require_root_setup!("nft");
+    intercepts_for_real("nft").await;
+}
