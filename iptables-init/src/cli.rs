@@ -55,7 +55,7 @@ pub enum LocalProxyMode {
 /// Whether to install IPv6 rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Ipv6Mode {
-    /// On when /proc/net/if_inet6 lists an address (read inside --netns).
+    /// On when the namespace has a global IPv6 address (read inside --netns).
     #[default]
     Auto,
     /// IPv4 and IPv6 rules.
@@ -159,7 +159,7 @@ pub struct Cli {
     #[arg(long, env = "EDGEPLANE_INIT_MARK", value_parser = parse_mark, value_name = "VALUE[/MASK]")]
     pub mark: Option<Mark>,
 
-    /// Install IPv6 rules too (auto: when /proc/net/if_inet6 lists an address).
+    /// Install IPv6 rules too (auto: when the namespace has a global IPv6 address).
     #[arg(long, env = "EDGEPLANE_INIT_IPV6", value_enum, default_value_t, value_name = "MODE")]
     pub ipv6: Ipv6Mode,
 

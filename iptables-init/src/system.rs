@@ -73,14 +73,23 @@ pub fn enter_netns(path: &Path) -> Result<()> {
     })
 }
 
-/// `--ipv6 auto`: whether the namespace has any IPv6 address. Read via
-/// thread-self so it is the namespace this thread entered with --netns
-/// (/proc/net follows the process's main thread).
+/// `--ipv6 auto`: whether the namespace has a global IPv6 address. `::1`
+/// and link-local `fe80::` addresses exist in nearly every pod, IPv4-only
+/// ones included; redirecting IPv6 there would only send it to ports an
+/// IPv4-only sidecar config does not listen on. Read via thread-self so it
+/// is the namespace this thread entered with --netns (/proc/net follows the
+/// process's main thread).
 pub fn ipv6_in_use() -> bool {
     ["/proc/thread-self/net/if_inet6", "/proc/net/if_inet6"]
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok())
-        .is_some_and(|text| text.lines().any(|l| !l.trim().is_empty()))
+        .is_some_and(|text| has_global_ipv6(&text))
+}
+
+/// Lines of `if_inet6`: address, interface index, prefix length, scope,
+/// flags, name; scope `00` is global (ULAs included), `10` host, `20` link.
+fn has_global_ipv6(if_inet6: &str) -> bool {
+    if_inet6.lines().any(|line| line.split_whitespace().nth(3) == Some("00"))
 }
 
 #[cfg(test)]
@@ -99,6 +108,16 @@ mod tests {
         // Exactly NET_ADMIN is enough.
         assert!(check_net_admin_in("CapEff:\t0000000000001000\n").is_ok());
         assert!(check_net_admin_in("no caps line").is_ok());
+    }
+
+    #[test]
+    fn only_a_global_ipv6_address_means_ipv6_is_in_use() {
+        let lo = "00000000000000000000000000000001 01 80 10 80       lo\n";
+        let link = "fe80000000000000b0a1c2fffe3d4e5f 02 40 20 80     eth0\n";
+        let ula = "fd000201000100000000000000000001 02 40 00 80     eth0\n";
+        assert!(!has_global_ipv6(""));
+        assert!(!has_global_ipv6(&format!("{lo}{link}")));
+        assert!(has_global_ipv6(&format!("{lo}{link}{ula}")));
     }
 
     #[test]

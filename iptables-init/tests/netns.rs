@@ -429,7 +429,8 @@ per_backend! {
 }
 
 /// `--backend auto` follows the variant that already has rules, and
-/// `--ipv6 auto` follows the namespace's addresses (lo up gives ::1).
+/// `--ipv6 auto` follows the namespace's addresses: `::1` alone is not
+/// IPv6 in use, a global (here a ULA) address is.
 #[test]
 fn auto_detection_follows_existing_rules() {
     let ns = require!(&[
@@ -441,12 +442,16 @@ fn auto_detection_follows_existing_rules() {
     ]);
     ns.ok(&["ip", "link", "set", "lo", "up"]);
     ns.ok(&["iptables-legacy", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "9999", "-j", "RETURN"]);
+    let out = ns.init(&["--dry-run"]);
+    assert_exit(&out, 0, "auto dry run with only ::1");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("IPv6"), "::1 alone turned IPv6 on");
+    ns.ok(&["ip", "addr", "add", "fd00:77::1/64", "dev", "lo", "nodad"]);
     let out = ns.init(&[]);
     assert_exit(&out, 0, "auto apply");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("using iptables-legacy"), "{stderr}");
     assert!(ns.save(Be::Legacy, false).contains(":OSM_PROXY_INBOUND"));
-    assert!(ns.save(Be::Legacy, true).contains(":OSM_PROXY_INBOUND"), "IPv6 auto-enabled by ::1 on lo");
+    assert!(ns.save(Be::Legacy, true).contains(":OSM_PROXY_INBOUND"), "IPv6 auto-enabled by a global address");
     assert!(!ns.save(Be::IptNft, false).contains("OSM_PROXY"));
 
     // Cleanup with auto looks at every installed backend.
