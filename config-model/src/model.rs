@@ -36,6 +36,12 @@ pub struct Config {
     /// Access logging: one structured line per HTTP request or TCP connection.
     #[serde(default)]
     pub access_log: AccessLog,
+    /// Netfilter mark (`SO_MARK`) set on every upstream socket the proxy
+    /// opens (routed, passed through, health checks), so interception rules
+    /// can exempt its traffic by mark (`edgeplane-init --mark`) rather than
+    /// by UID. Setting it needs CAP_NET_ADMIN; unset, sockets are unmarked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mark: Option<u32>,
     /// Where traffic enters.
     #[serde(default)]
     pub listeners: Vec<Listener>,

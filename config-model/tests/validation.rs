@@ -733,3 +733,10 @@ clusters:
         ["listeners[0].routes[2]: unreachable: routes[1] has no `match.sni` or `match.destination` and takes every connection"]
     );
 }
+
+#[test]
+fn a_socket_mark_of_zero_is_refused() {
+    let config = from_yaml_str("socket_mark: 0\n").unwrap();
+    assert_eq!(errors(&config), ["socket_mark: must be at least 1 (leave it out for unmarked sockets)"]);
+    assert_eq!(errors(&from_yaml_str("socket_mark: 42\n").unwrap()), Vec::<String>::new());
+}

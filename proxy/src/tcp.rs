@@ -167,7 +167,9 @@ pub async fn pass_through(
         }
     };
     let mut upstream =
-        match tokio::time::timeout(settings.connect_timeout, tokio::net::TcpStream::connect(destination)).await {
+        match tokio::time::timeout(settings.connect_timeout, upstream::connect_tcp(destination, table.socket_mark))
+            .await
+        {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 tracing::debug!(listener = %listener.name, %destination, %error, "pass-through connect failed");

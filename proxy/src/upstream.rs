@@ -31,8 +31,20 @@ pub async fn connect(endpoint: &Arc<EndpointState>, timeout: Duration) -> Result
     }
 }
 
+/// A TCP connection to `addr`, its socket marked with `mark` (`SO_MARK`)
+/// first unless `mark` is 0 (no mark, as the kernel sees it too).
+pub async fn connect_tcp(addr: std::net::SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
+    if mark == 0 {
+        return TcpStream::connect(addr).await;
+    }
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket2::SockRef::from(&socket).set_mark(mark)?;
+    socket.connect(addr).await
+}
+
 async fn open(endpoint: &EndpointState) -> Result<UpstreamIo, ConnectError> {
-    let stream = TcpStream::connect(endpoint.addr).await.map_err(|error| ConnectError::from_io(&error))?;
+    let mark = endpoint.socket_mark.load(std::sync::atomic::Ordering::Relaxed);
+    let stream = connect_tcp(endpoint.addr, mark).await.map_err(|error| ConnectError::from_io(&error))?;
     let _ = stream.set_nodelay(true);
     let Some(tls) = endpoint.tls.load_full() else { return Ok(UpstreamIo::Plain(stream)) };
     let connector = tokio_rustls::TlsConnector::from(tls.tls.live.config.load_full());

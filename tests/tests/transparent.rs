@@ -245,16 +245,27 @@ struct Sidecar {
 }
 
 impl Sidecar {
+    /// As UID 1500, exempt from interception by its UID.
     async fn start(topology: &Topology) -> Sidecar {
+        Self::start_as(topology, Some(1500), "").await
+    }
+
+    /// As `uid` (`None`: root), with `top` added to the config's top level.
+    async fn start_as(topology: &Topology, uid: Option<u32>, top: &str) -> Sidecar {
         let dir = tempfile::tempdir().expect("temp dir");
         // UID 1500 must be able to read the config.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let config = dir.path().join("sidecar.yaml");
-        std::fs::write(&config, sidecar_config(topology)).unwrap();
+        std::fs::write(&config, format!("{top}{}", sidecar_config(topology))).unwrap();
         std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         let log = std::fs::File::create(dir.path().join("edgeplane.log")).unwrap();
-        let child = tokio::process::Command::new("ip")
-            .args(["netns", "exec", &topology.app, "setpriv", "--reuid", "1500", "--regid", "1500", "--clear-groups"])
+        let mut command = tokio::process::Command::new("ip");
+        command.args(["netns", "exec", &topology.app]);
+        if let Some(uid) = uid {
+            let uid = uid.to_string();
+            command.args(["setpriv", "--reuid", &uid, "--regid", &uid, "--clear-groups"]);
+        }
+        let child = command
             .arg(binary())
             .args(["run", "--no-watch", "-c"])
             .arg(&config)
@@ -436,4 +447,27 @@ async fn iptables_rules_intercept_outbound_and_inbound_traffic() {
 async fn nftables_rules_intercept_outbound_and_inbound_traffic() {
     require_root_setup!("nft");
     intercepts_for_real("nft").await;
+}
+
+/// The proxy as root (not exempt by UID): only the mark on its own upstream
+/// sockets (`socket_mark`, matched by `edgeplane-init --mark`) keeps its
+/// connections from being intercepted again. Without it they would loop
+/// back into the outbound listener and the request would never arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_mark_exempts_the_proxys_own_connections() {
+    require_root_setup!("iptables");
+    let t = Topology::create().await;
+    let _svc = t.serve(&t.server, "svc", "[::]:8080").await;
+    let _other = t.serve(&t.server, "other", "[::]:9090").await;
+    t.init(&["--backend", "iptables", "--ipv6", "off", "--mark", "0x2a"]).await;
+    let rules = t.rules("iptables").await;
+    assert!(rules.contains("--mark 0x2a"), "no mark rule:\n{rules}");
+    let sidecar = Sidecar::start_as(&t, None, "socket_mark: 42\n").await;
+
+    let body = t.curl(&t.app, &format!("http://{}:8080/", t.v4(2))).await;
+    assert_eq!((upstream(&body), via(&body)), ("svc".into(), Some("outbound".into())), "{}", sidecar.log());
+    // Passed-through connections carry the mark too.
+    let body = t.curl(&t.app, &format!("http://{}:9090/", t.v4(2))).await;
+    assert_eq!((upstream(&body), via(&body)), ("other".into(), None));
+    assert_eq!(t.accepted("outbound", "unmatched_passthrough").await, 1, "exactly one pass-through, no loop");
 }

@@ -96,6 +96,9 @@ impl Validator {
             }
         }
         self.check("drain_timeout", config.drain_timeout.parse());
+        if config.socket_mark == Some(0) {
+            self.error("socket_mark", "must be at least 1 (leave it out for unmarked sockets)");
+        }
 
         let mut binds: Vec<(String, SocketAddr)> = Vec::new();
         if let Some(addr) = self.check("admin.bind", config.admin.bind.parse()) {

@@ -92,8 +92,10 @@ impl HealthCheckers {
             let healthy = endpoint.health.flags() & HEALTH_CHECK_FAILED == 0;
             gauge.set(i64::from(healthy));
             let checked = endpoint.clone();
+            let marked = endpoint.clone();
             let task = tokio::spawn(probe::run(
                 endpoint.addr,
+                move || marked.socket_mark.load(std::sync::atomic::Ordering::Relaxed),
                 spec.settings.clone(),
                 healthy,
                 move |healthy, failure| {

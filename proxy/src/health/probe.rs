@@ -76,13 +76,14 @@ impl fmt::Display for ProbeFailure {
 
 impl std::error::Error for ProbeFailure {}
 
-/// Probes `addr` once. The whole probe, connect included, is bounded by `timeout`.
-pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> Result<(), ProbeFailure> {
-    tokio::time::timeout(timeout, probe_unbounded(addr, kind)).await.unwrap_or(Err(ProbeFailure::Timeout))
+/// Probes `addr` once from a socket with `mark` (`SO_MARK`, 0 for none).
+/// The whole probe, connect included, is bounded by `timeout`.
+pub async fn probe(addr: SocketAddr, mark: u32, kind: &ProbeKind, timeout: Duration) -> Result<(), ProbeFailure> {
+    tokio::time::timeout(timeout, probe_unbounded(addr, mark, kind)).await.unwrap_or(Err(ProbeFailure::Timeout))
 }
 
-async fn probe_unbounded(addr: SocketAddr, kind: &ProbeKind) -> Result<(), ProbeFailure> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| ProbeFailure::Connect(e.kind()))?;
+async fn probe_unbounded(addr: SocketAddr, mark: u32, kind: &ProbeKind) -> Result<(), ProbeFailure> {
+    let stream = crate::upstream::connect_tcp(addr, mark).await.map_err(|e| ProbeFailure::Connect(e.kind()))?;
     match kind {
         ProbeKind::Tcp => Ok(()),
         ProbeKind::Http { path, host, expected } => http_exchange(stream, addr, path, host.as_deref(), expected).await,
@@ -248,18 +249,22 @@ fn random_up_to(max: Duration) -> Duration {
 /// with the failure that caused a transition to unhealthy.
 pub async fn run(
     addr: SocketAddr,
+    mark: impl Fn() -> u32 + Send,
     settings: CheckSettings,
     initially_healthy: bool,
     on_change: impl FnMut(bool, Option<&ProbeFailure>) + Send,
 ) {
     let kind = &settings.kind;
     let limit = settings.timeout;
-    let prober = || async move {
-        let result = probe(addr, kind, limit).await;
-        if let Err(failure) = &result {
-            tracing::debug!(%addr, %failure, "health probe failed");
+    let prober = || {
+        let mark = mark();
+        async move {
+            let result = probe(addr, mark, kind, limit).await;
+            if let Err(failure) = &result {
+                tracing::debug!(%addr, %failure, "health probe failed");
+            }
+            result
         }
-        result
     };
     run_with(&settings, initially_healthy, prober, on_change).await
 }
@@ -341,7 +346,7 @@ mod tests {
 
     async fn http_probe(parts: Vec<Vec<u8>>, kind: &ProbeKind) -> Result<(), ProbeFailure> {
         let (addr, _request) = http_server(parts).await;
-        probe(addr, kind, GENEROUS).await
+        probe(addr, 0, kind, GENEROUS).await
     }
 
     fn parts(items: &[&str]) -> Vec<Vec<u8>> {
@@ -351,7 +356,7 @@ mod tests {
     #[tokio::test]
     async fn http_200_is_healthy_and_request_is_well_formed() {
         let (addr, request) = http_server(parts(&["HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])).await;
-        assert_eq!(probe(addr, &ProbeKind::http("/healthz"), GENEROUS).await, Ok(()));
+        assert_eq!(probe(addr, 0, &ProbeKind::http("/healthz"), GENEROUS).await, Ok(()));
         let request = String::from_utf8(request.await.unwrap()).unwrap();
         let expected = format!(
             "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: edgeplane-health-check\r\nConnection: close\r\n\r\n"
@@ -363,7 +368,7 @@ mod tests {
     async fn http_custom_host_header_is_sent() {
         let (addr, request) = http_server(parts(&["HTTP/1.1 204 No Content\r\n\r\n"])).await;
         let kind = ProbeKind::Http { path: "/".into(), host: Some("svc.internal".into()), expected: vec![] };
-        assert_eq!(probe(addr, &kind, GENEROUS).await, Ok(()));
+        assert_eq!(probe(addr, 0, &kind, GENEROUS).await, Ok(()));
         let request = String::from_utf8(request.await.unwrap()).unwrap();
         assert!(request.contains("\r\nHost: svc.internal\r\n"), "{request}");
     }
@@ -442,7 +447,7 @@ mod tests {
             let (mut sock, _) = listener.accept().await.unwrap();
             let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nContent-").await;
         });
-        let result = probe(addr, &ProbeKind::http("/"), GENEROUS).await;
+        let result = probe(addr, 0, &ProbeKind::http("/"), GENEROUS).await;
         assert!(matches!(result, Err(ProbeFailure::Protocol(_))), "{result:?}");
     }
 
@@ -455,7 +460,7 @@ mod tests {
             while matches!(sock.read(&mut sink).await, Ok(n) if n > 0) {}
         });
         let started = std::time::Instant::now();
-        let result = probe(addr, &ProbeKind::http("/"), Duration::from_millis(200)).await;
+        let result = probe(addr, 0, &ProbeKind::http("/"), Duration::from_millis(200)).await;
         let took = started.elapsed();
         assert_eq!(result, Err(ProbeFailure::Timeout));
         assert!(took >= Duration::from_millis(190) && took < Duration::from_secs(2), "{took:?}");
@@ -470,14 +475,14 @@ mod tests {
             }
         });
         for kind in [ProbeKind::http("/"), ProbeKind::http("/again")] {
-            let result = probe(addr, &kind, GENEROUS).await;
+            let result = probe(addr, 0, &kind, GENEROUS).await;
             assert!(matches!(result, Err(ProbeFailure::Protocol(_))), "{result:?}");
         }
     }
 
     #[tokio::test]
     async fn http_closed_port_is_connection_refused() {
-        let result = probe(closed_port().await, &ProbeKind::http("/"), GENEROUS).await;
+        let result = probe(closed_port().await, 0, &ProbeKind::http("/"), GENEROUS).await;
         assert_eq!(result, Err(ProbeFailure::Connect(io::ErrorKind::ConnectionRefused)));
     }
 
@@ -485,16 +490,16 @@ mod tests {
     async fn http_unsafe_path_or_host_is_refused_before_sending() {
         let (_listener, addr) = listener().await;
         let split = ProbeKind::Http { path: "/x\r\nEvil: 1".into(), host: None, expected: vec![] };
-        assert_eq!(probe(addr, &split, GENEROUS).await, Err(ProbeFailure::Protocol("invalid probe path")));
+        assert_eq!(probe(addr, 0, &split, GENEROUS).await, Err(ProbeFailure::Protocol("invalid probe path")));
         let host = ProbeKind::Http { path: "/".into(), host: Some("a\nb".into()), expected: vec![] };
-        assert_eq!(probe(addr, &host, GENEROUS).await, Err(ProbeFailure::Protocol("invalid probe host")));
+        assert_eq!(probe(addr, 0, &host, GENEROUS).await, Err(ProbeFailure::Protocol("invalid probe host")));
     }
 
     #[tokio::test]
     async fn tcp_probe_listening_is_ok_and_closed_is_refused() {
         let (_listener, addr) = listener().await;
-        assert_eq!(probe(addr, &ProbeKind::Tcp, GENEROUS).await, Ok(()));
-        let result = probe(closed_port().await, &ProbeKind::Tcp, GENEROUS).await;
+        assert_eq!(probe(addr, 0, &ProbeKind::Tcp, GENEROUS).await, Ok(()));
+        let result = probe(closed_port().await, 0, &ProbeKind::Tcp, GENEROUS).await;
         assert_eq!(result, Err(ProbeFailure::Connect(io::ErrorKind::ConnectionRefused)));
     }
 
@@ -654,7 +659,7 @@ mod tests {
             jitter: Duration::from_millis(5),
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let down = tokio::spawn(run(closed_port().await, settings.clone(), true, {
+        let down = tokio::spawn(run(closed_port().await, || 0, settings.clone(), true, {
             let tx = tx.clone();
             move |healthy, failure| {
                 let _ = tx.send((healthy, failure.copied()));
@@ -665,9 +670,15 @@ mod tests {
         down.abort();
 
         let (_listener, addr) = listener().await;
-        let up = tokio::spawn(run(addr, settings, false, move |healthy, failure| {
-            let _ = tx.send((healthy, failure.copied()));
-        }));
+        let up = tokio::spawn(run(
+            addr,
+            || 0,
+            settings,
+            false,
+            move |healthy, failure| {
+                let _ = tx.send((healthy, failure.copied()));
+            },
+        ));
         assert_eq!(tokio::time::timeout(GENEROUS, rx.recv()).await.unwrap(), Some((true, None)));
         up.abort();
     }

@@ -69,7 +69,8 @@ pub fn compile(
     let mut clusters = Vec::with_capacity(config.clusters.len());
     let mut cluster_index = HashMap::with_capacity(config.clusters.len());
     for (index, cluster) in config.clusters.iter().enumerate() {
-        clusters.push(compile_cluster(index, cluster, config.identity.as_ref(), registry, metrics)?);
+        let mark = config.socket_mark.unwrap_or(0);
+        clusters.push(compile_cluster(index, cluster, config.identity.as_ref(), mark, registry, metrics)?);
         cluster_index.insert(cluster.name.as_str(), (index, Name::new(&cluster.name)));
     }
 
@@ -97,6 +98,7 @@ pub fn compile(
         clusters,
         access_log: config.access_log.enabled,
         access_log_format: config.access_log.format,
+        socket_mark: config.socket_mark.unwrap_or(0),
         config,
     })
 }
@@ -147,6 +149,7 @@ fn compile_cluster(
     index: usize,
     cluster: &config_model::Cluster,
     identity: Option<&config_model::Identity>,
+    socket_mark: u32,
     registry: &Registry,
     metrics: &Metrics,
 ) -> Result<ClusterTable, CompileError> {
@@ -199,8 +202,10 @@ fn compile_cluster(
                     cluster_state: state.clone(),
                     connections: AtomicU32::new(0),
                     idle: AtomicU32::new(0),
+                    socket_mark: AtomicU32::new(0),
                     metrics: cluster_metrics.clone(),
                 });
+            endpoint_state.socket_mark.store(socket_mark, std::sync::atomic::Ordering::Relaxed);
             match &tls {
                 Some(tls) => endpoint_state.tls.store(Some(Arc::new(EndpointTls {
                     tls: tls.clone(),

@@ -40,6 +40,8 @@ pub struct RouteTable {
     pub clusters: Vec<ClusterTable>,
     pub access_log: bool,
     pub access_log_format: config_model::LogFormat,
+    /// `SO_MARK` of passed-through connections (0: none).
+    pub socket_mark: u32,
 }
 
 impl RouteTable {
@@ -485,6 +487,8 @@ pub struct EndpointState {
     pub connections: AtomicU32,
     /// Idle pooled HTTP/1 connections, over all workers.
     pub idle: AtomicU32,
+    /// `SO_MARK` of new connections (0: none); set by each compile.
+    pub socket_mark: AtomicU32,
     /// The cluster's metric handles (one set per cluster, shared).
     pub metrics: Arc<ClusterMetrics>,
 }
