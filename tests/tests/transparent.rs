@@ -36,8 +36,8 @@ fn missing_prerequisite(backend: &str) -> Option<String> {
         return Some("needs root (network namespaces and netfilter rules)".into());
     }
     let tools: &[&str] = match backend {
-        "nft" => &["ip", "setpriv", "curl", "nft"],
-        _ => &["ip", "setpriv", "curl", "iptables-save", "iptables-restore", "ip6tables-restore"],
+        "nft" => &["ip", "setpriv", "curl", "nft", "mosquitto_pub"],
+        _ => &["ip", "setpriv", "curl", "iptables-save", "iptables-restore", "ip6tables-restore", "mosquitto_pub"],
     };
     for tool in tools {
         let found = std::process::Command::new("sh")
@@ -238,6 +238,52 @@ impl Drop for Topology {
     }
 }
 
+/// mosquitto listening on port 1883 inside a namespace; killed when dropped.
+struct Broker {
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    async fn start(ns: &str) -> Broker {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            "listener 1883 0.0.0.0\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\n",
+        )
+        .unwrap();
+        let mut child = tokio::process::Command::new("ip")
+            .args(["netns", "exec", ns, "/usr/sbin/mosquitto", "-c"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn mosquitto");
+        // It logs "running" once its listener accepts connections.
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let running = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let running = line.contains(" running");
+                seen.push(line);
+                if running {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(matches!(running, Ok(true)), "mosquitto did not start in {ns}:\n{}", seen.join("\n"));
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Broker { _child: child, _dir: dir }
+    }
+}
+
 /// The real proxy in the app namespace, as UID 1500; killed when dropped.
 struct Sidecar {
     child: tokio::process::Child,
@@ -317,6 +363,9 @@ listeners:
         match: {{ destination: {{ addresses: ["{svc4}/32", "{svc6}/128"], ports: [8080] }} }}
         cluster: svc
         request_headers: {{ set: {{ {VIA}: outbound }} }}
+      - name: mqtt
+        match: {{ destination: {{ addresses: ["{svc4}/32"], ports: [1883] }} }}
+        cluster: broker
   - name: inbound
     bind: "[::]:15003"
     transparent: {{ unmatched: refuse }}
@@ -328,6 +377,7 @@ listeners:
 clusters:
   - {{ name: svc, endpoints: ["{svc4}:8080"] }}
   - {{ name: app, endpoints: ["127.0.0.1:8000"] }}
+  - {{ name: broker, endpoints: ["{svc4}:1883"] }}
 "#,
         svc4 = t.v4(2),
         svc6 = t.v6(2),
@@ -386,6 +436,15 @@ async fn intercepts_for_real(backend: &str) {
     assert_eq!((upstream(&body), via(&body)), ("svc".into(), Some("outbound".into())), "{}", sidecar.log());
     let body = t.curl(&t.app, &format!("http://[{}]:8080/hello", t.v6(2))).await;
     assert_eq!((upstream(&body), via(&body)), ("svc".into(), Some("outbound".into())), "IPv6");
+
+    // MQTT is detected on intercepted connections too: mosquitto_pub in the
+    // app reaches mosquitto in the other namespace through the proxy.
+    let _broker = Broker::start(&t.server).await;
+    let mqtt = t.accepted("outbound", "mqtt").await;
+    let published =
+        t.exec_in(&t.app, &["mosquitto_pub", "-h", &t.v4(2), "-p", "1883", "-q", "1", "-t", "t/1", "-m", "hi"]).await;
+    assert_eq!(published, "");
+    assert_eq!(t.accepted("outbound", "mqtt").await, mqtt + 1, "the MQTT connection went through the proxy");
 
     // No route for port 9090: passed through to the original destination.
     let before = t.accepted("outbound", "unmatched_passthrough").await;
