@@ -380,6 +380,19 @@ pub struct RouteMatch {
     /// the application's port. Evaluated per connection, like `sni`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<DestinationMatch>,
+    /// Where the connection comes from: the client's address must be in one
+    /// of these addresses or networks (`10.244.1.7`, `10.244.0.0/16`). Evaluated
+    /// per connection, like `destination`; a source allow-list for the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceMatch>,
+}
+
+/// The client address of a connection.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceMatch {
+    /// Addresses or networks.
+    pub addresses: Vec<String>,
 }
 
 impl RouteMatch {

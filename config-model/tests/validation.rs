@@ -137,7 +137,7 @@ clusters:
         "listeners[1].name: duplicate listener name \"web\" (also listeners[0])",
         "listeners[1].bind: address 127.0.0.1:8080 conflicts with listeners[0].bind",
         "listeners[1].routes[0].match: HTTP match criteria on a tcp listener",
-        "listeners[1].routes[1]: unreachable: routes[0] has no `match.sni` or `match.destination` and takes every connection",
+        "listeners[1].routes[1]: unreachable: routes[0] has no `match.sni`, `match.destination` or `match.source` and takes every connection",
         "clusters[0].endpoints[0]: invalid address \"127.0.0.1\"",
         "clusters[0].endpoints[1].weight: must be between 1 and 10000",
         "clusters[0].endpoints[2]: duplicate endpoint \"127.0.0.1:1\"",
@@ -730,7 +730,7 @@ clusters:
     .unwrap();
     assert_eq!(
         errors(&config),
-        ["listeners[0].routes[2]: unreachable: routes[1] has no `match.sni` or `match.destination` and takes every connection"]
+        ["listeners[0].routes[2]: unreachable: routes[1] has no `match.sni`, `match.destination` or `match.source` and takes every connection"]
     );
 }
 

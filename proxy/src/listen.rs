@@ -94,6 +94,9 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
     });
 
     let mut facts = ConnFacts::default();
+    if listener.routes_by_source {
+        facts.source = Some(client.ip());
+    }
     if let Some(transparent) = &listener.transparent {
         let destination = match crate::transparent::original_destination(&stream) {
             Ok(destination) => destination,
@@ -103,7 +106,7 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
                 return;
             }
         };
-        if !listener.may_route(destination) {
+        if !listener.may_route(destination, client.ip()) {
             match transparent.unmatched {
                 Unmatched::Passthrough => {
                     listener.metrics.accepted_unmatched.inc();

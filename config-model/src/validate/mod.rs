@@ -277,6 +277,17 @@ impl Validator {
             if let Some(destination) = &route.matches.destination {
                 self.destination(&route_path, destination, listener.transparent.is_some());
             }
+            if let Some(source) = &route.matches.source {
+                let source_path = format!("{route_path}.match.source.addresses");
+                if source.addresses.is_empty() {
+                    self.error(source_path.clone(), "give at least one address or network");
+                }
+                for (i, address) in source.addresses.iter().enumerate() {
+                    if let Err(message) = address.parse::<crate::values::Cidr>() {
+                        self.error(format!("{source_path}[{i}]"), message);
+                    }
+                }
+            }
             match listener.protocol {
                 ListenerProtocol::Tcp => {
                     self.tcp_only(&route_path, route, "tcp");
@@ -303,14 +314,16 @@ impl Validator {
             } else if let Some(catch_all) = listener
                 .routes
                 .iter()
-                .position(|route| route.matches.sni.is_none() && route.matches.destination.is_none())
+                .position(|route| {
+                    route.matches.sni.is_none() && route.matches.destination.is_none() && route.matches.source.is_none()
+                })
             {
-                // Routes are tried by SNI and destination; the first with neither takes the rest.
+                // Routes are tried by SNI, destination and source; the first with none takes the rest.
                 if catch_all + 1 < listener.routes.len() {
                     self.error(
                         format!("{path}.routes[{}]", catch_all + 1),
                         format!(
-                            "unreachable: routes[{catch_all}] has no `match.sni` or `match.destination` and takes every connection"
+                            "unreachable: routes[{catch_all}] has no `match.sni`, `match.destination` or `match.source` and takes every connection"
                         ),
                     );
                 }

@@ -52,6 +52,10 @@ impl RequestView for PartsView<'_> {
         self.1.and_then(|facts| facts.destination)
     }
 
+    fn source(&self) -> Option<std::net::IpAddr> {
+        self.1.and_then(|facts| facts.source)
+    }
+
     fn method(&self) -> &str {
         self.0.method.as_str()
     }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use config_model::{Config, HashOn, HeaderMatch, LbPolicy, ListenerProtocol, ParsedUpstream, PathMatch};
 use http::{HeaderName, HeaderValue};
 
-use super::matcher::{anchored, DestinationMatcher, HeaderCheck, HostMatcher, MqttMatcher, PathMatcher, RouteMatcher};
+use super::matcher::{
+    anchored, DestinationMatcher, HeaderCheck, HostMatcher, MqttMatcher, PathMatcher, RouteMatcher, SourceMatcher,
+};
 use super::*;
 use crate::balance::Balancer;
 use crate::metrics::{
@@ -404,8 +406,11 @@ fn compile_listener(
             && route.direct.is_none()
             && route.sni.is_none()
             && route.destination.is_none()
+            && route.source.is_none()
     });
-    let routes_by_connection = routes.iter().any(|route| route.sni.is_some() || route.destination.is_some());
+    let routes_by_source = routes.iter().any(|route| route.source.is_some());
+    let routes_by_connection =
+        routes_by_source || routes.iter().any(|route| route.sni.is_some() || route.destination.is_some());
     let http = &listener.http;
     let connection = |protocol| {
         metrics.connections_total.get_or_create(&ConnectionLabels { listener: listener.name.clone(), protocol }).clone()
@@ -442,6 +447,7 @@ fn compile_listener(
         },
         routes,
         routes_by_connection,
+        routes_by_source,
         transparent: match &listener.transparent {
             Some(transparent) => Some(TransparentSettings {
                 unmatched: transparent.unmatched,
@@ -659,6 +665,17 @@ fn compile_route(
             }),
             None => None,
         },
+        source: match &m.source {
+            Some(source) => Some(SourceMatcher {
+                networks: source
+                    .addresses
+                    .iter()
+                    .enumerate()
+                    .map(|(i, text)| text.parse().map_err(|e| invalid(format!("{path}.match.source.addresses[{i}]"), e)))
+                    .collect::<Result<_, _>>()?,
+            }),
+            None => None,
+        },
         access: route.access.as_deref().map(crate::tls::AllowList::compile),
         jwt: match &route.jwt {
             Some(jwt) => Some(Arc::new(
@@ -723,6 +740,46 @@ mod tests {
     use super::*;
     use crate::tls::ConnFacts;
 
+    /// `match.source` as osm-edge's AllowedEndpoints use it: only listed
+    /// clients reach the route, and a transparent listener refuses a
+    /// connection no route would take from its client.
+    #[test]
+    fn routes_can_require_a_client_source() {
+        let config = config_model::from_yaml_str(
+            r#"
+listeners:
+  - name: inbound
+    bind: 127.0.0.1:0
+    protocol: tcp
+    transparent: { unmatched: refuse }
+    routes:
+      - name: from-buyers
+        match: { destination: { ports: [14001] }, source: { addresses: [10.244.1.7, "10.250.0.0/16"] } }
+        cluster: app
+clusters:
+  - { name: app, endpoints: ["127.0.0.1:3"] }
+"#,
+        )
+        .unwrap();
+        config_model::validate(&config).unwrap();
+        let (registry, metrics) = (crate::state::Registry::default(), Metrics::new());
+        let table = compile(Arc::new(config), 0, 1, &registry, &metrics).unwrap();
+        let inbound = table.listeners.iter().flatten().next().unwrap();
+        assert!(inbound.routes_by_source && inbound.routes_by_connection);
+        let facts = |source: &str| ConnFacts {
+            destination: Some("10.244.2.9:14001".parse().unwrap()),
+            source: Some(source.parse().unwrap()),
+            ..ConnFacts::default()
+        };
+        assert!(inbound.tcp_route_for(&facts("10.244.1.7")).is_some());
+        assert!(inbound.tcp_route_for(&facts("10.250.3.3")).is_some());
+        assert!(inbound.tcp_route_for(&facts("10.244.1.8")).is_none(), "not listed");
+        assert!(inbound.tcp_route_for(&ConnFacts::default()).is_none(), "unknown source");
+        let destination = "10.244.2.9:14001".parse().unwrap();
+        assert!(inbound.may_route(destination, "10.244.1.7".parse().unwrap()));
+        assert!(!inbound.may_route(destination, "10.244.1.8".parse().unwrap()));
+    }
+
     /// Routing by original destination, with the destination a transparent
     /// listener would read from the socket given directly.
     #[test]
@@ -762,6 +819,7 @@ clusters:
         assert_eq!(outbound.transparent.as_ref().unwrap().unmatched, config_model::Unmatched::Refuse);
         assert_eq!(inbound.transparent.as_ref().unwrap().unmatched, config_model::Unmatched::Passthrough);
 
+        let client: std::net::IpAddr = "10.244.0.9".parse().unwrap();
         let to = |addr: &str| ConnFacts { destination: Some(addr.parse().unwrap()), ..ConnFacts::default() };
         let route =
             |listener: &ListenerTable, addr: &str| listener.tcp_route_for(&to(addr)).map(|r| r.name.to_string());
@@ -771,8 +829,8 @@ clusters:
         assert_eq!(route(outbound, "10.96.3.4:8081"), None, "wrong port");
         assert_eq!(route(outbound, "10.97.0.1:8080"), None, "outside the network");
         assert_eq!(route(outbound, "10.1.2.3:5432").as_deref(), Some("any-port-of-db"));
-        assert!(outbound.may_route("10.1.2.3:1".parse().unwrap()));
-        assert!(!outbound.may_route("192.0.2.1:80".parse().unwrap()), "no route: unmatched applies");
+        assert!(outbound.may_route("10.1.2.3:1".parse().unwrap(), client));
+        assert!(!outbound.may_route("192.0.2.1:80".parse().unwrap(), client), "no route: unmatched applies");
         // A connection without a known destination matches no destination criterion.
         assert_eq!(outbound.tcp_route_for(&ConnFacts::default()).map(|r| r.name.to_string()), None);
 

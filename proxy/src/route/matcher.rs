@@ -21,6 +21,22 @@ pub trait RequestView {
     fn destination(&self) -> Option<std::net::SocketAddr> {
         None
     }
+    /// The client address of the request's connection, when a route asks for it.
+    fn source(&self) -> Option<std::net::IpAddr> {
+        None
+    }
+}
+
+/// A route's `match.source`: any of the networks.
+#[derive(Debug)]
+pub struct SourceMatcher {
+    pub networks: Box<[config_model::Cidr]>,
+}
+
+impl SourceMatcher {
+    pub fn matches(&self, source: Option<std::net::IpAddr>) -> bool {
+        source.is_some_and(|ip| self.networks.iter().any(|net| net.contains(ip)))
+    }
 }
 
 /// A route's `match.destination`: any of the networks (if given) and any of

@@ -60,9 +60,11 @@ pub struct ListenerTable {
     pub routes: Vec<Route>,
     /// The route opaque TCP connections take: the first without HTTP criteria.
     pub tcp_route: Option<usize>,
-    /// Some route has an SNI or destination criterion (connections pick
-    /// their route by it).
+    /// Some route has an SNI, destination or source criterion (connections
+    /// pick their route by it).
     pub routes_by_connection: bool,
+    /// Some route has a source criterion: connections record their client address.
+    pub routes_by_source: bool,
     /// Transparent interception (`SO_ORIGINAL_DST`); `None` for ordinary listeners.
     pub transparent: Option<TransparentSettings>,
     /// TLS termination; `None` for plaintext and passthrough listeners.
@@ -84,6 +86,7 @@ impl ListenerTable {
             route.mqtt.is_none()
                 && route.sni.as_ref().is_none_or(|sni| request.sni().is_some_and(|name| sni.matches(name)))
                 && route.destination.as_ref().is_none_or(|matcher| matcher.matches(request.destination()))
+                && route.source.as_ref().is_none_or(|matcher| matcher.matches(request.source()))
                 && route.matcher.matches(request)
         })
     }
@@ -105,8 +108,11 @@ impl ListenerTable {
     /// Whether some route may take a connection to `destination` (its
     /// requests may still match none); else a transparent listener's
     /// `unmatched` rule applies to the whole connection.
-    pub fn may_route(&self, destination: std::net::SocketAddr) -> bool {
-        self.routes.iter().any(|route| route.destination.as_ref().is_none_or(|m| m.matches(Some(destination))))
+    pub fn may_route(&self, destination: std::net::SocketAddr, source: std::net::IpAddr) -> bool {
+        self.routes.iter().any(|route| {
+            route.destination.as_ref().is_none_or(|m| m.matches(Some(destination)))
+                && route.source.as_ref().is_none_or(|m| m.matches(Some(source)))
+        })
     }
 
     /// Whether a peer may use `route` (the route's `access`, else the listener's).
@@ -197,6 +203,8 @@ pub struct Route {
     pub sni: Option<matcher::HostMatcher>,
     /// Where the connection must have been going (transparent listeners).
     pub destination: Option<matcher::DestinationMatcher>,
+    /// Where the connection must come from.
+    pub source: Option<matcher::SourceMatcher>,
     /// Who may use the route; the listener's list when absent.
     pub access: Option<Arc<crate::tls::AllowList>>,
     /// Tokens every request must carry.
@@ -221,6 +229,7 @@ impl Route {
     pub fn takes_connection(&self, facts: &crate::tls::ConnFacts) -> bool {
         self.sni.as_ref().is_none_or(|matcher| facts.sni.as_deref().is_some_and(|name| matcher.matches(name)))
             && self.destination.as_ref().is_none_or(|matcher| matcher.matches(facts.destination))
+            && self.source.as_ref().is_none_or(|matcher| matcher.matches(facts.source))
     }
 }
 

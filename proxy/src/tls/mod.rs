@@ -31,6 +31,9 @@ pub struct ConnFacts {
     pub peer: Option<PeerIdentity>,
     /// The original destination (`SO_ORIGINAL_DST`) on a transparent listener.
     pub destination: Option<std::net::SocketAddr>,
+    /// The client's address, for `match.source`: set when some route of the
+    /// listener has a source criterion.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl ConnFacts {

@@ -329,6 +329,8 @@ pub struct RequestHeadView<'a> {
     pub sni: Option<&'a str>,
     /// The connection's original destination (transparent listeners).
     pub destination: Option<std::net::SocketAddr>,
+    /// The connection's client address, when a route matches on it.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl RequestView for RequestHeadView<'_> {
@@ -338,6 +340,10 @@ impl RequestView for RequestHeadView<'_> {
 
     fn destination(&self) -> Option<std::net::SocketAddr> {
         self.destination
+    }
+
+    fn source(&self) -> Option<std::net::IpAddr> {
+        self.source
     }
 
     fn method(&self) -> &str {

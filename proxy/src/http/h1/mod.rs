@@ -281,6 +281,7 @@ impl Connection {
             buf: &self.buf,
             sni: self.tls.sni.as_deref(),
             destination: self.tls.destination,
+            source: self.tls.source,
         };
         let Some(route) = listener.route_for(&view) else {
             let metrics = &listener.metrics.unrouted;
