@@ -19,6 +19,7 @@ mod bootstrap;
 mod jwt;
 mod model;
 mod mqtt;
+pub mod pipy;
 mod policy;
 mod string_or;
 mod tls;
@@ -57,6 +58,8 @@ pub enum LoadError {
 pub enum Format {
     Yaml,
     Json,
+    /// An osm-edge/FSM sidecar `config.json` (see [`pipy`]), translated.
+    PipyConf,
 }
 
 impl Format {
@@ -65,6 +68,16 @@ impl Format {
         match path.extension().and_then(|ext| ext.to_str()) {
             Some(ext) if ext.eq_ignore_ascii_case("json") => Format::Json,
             _ => Format::Yaml,
+        }
+    }
+
+    /// The format of a text that claims to be `self`: JSON that is a PipyConf
+    /// is [`Format::PipyConf`].
+    pub fn sniff(self, text: &str) -> Self {
+        if self == Format::Json && pipy::looks_like_pipyconf(text) {
+            Format::PipyConf
+        } else {
+            self
         }
     }
 }
@@ -81,6 +94,7 @@ pub fn from_str(text: &str, format: Format) -> Result<Config, LoadError> {
     match format {
         Format::Yaml => from_yaml_str(text),
         Format::Json => from_json_str(text),
+        Format::PipyConf => pipy::translate(text, &pipy::SidecarContext::default()).map(|t| t.config),
     }
 }
 
@@ -96,7 +110,7 @@ pub fn from_yaml_str(text: &str) -> Result<Config, LoadError> {
 pub fn bootstrap_from_str(text: &str, format: Format) -> Result<Bootstrap, LoadError> {
     match format {
         Format::Yaml => parse_yaml(text),
-        Format::Json => parse_json(text),
+        Format::Json | Format::PipyConf => parse_json(text),
     }
 }
 

@@ -101,6 +101,7 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, PersistError> {
     }
     let format = match envelope.format.as_str() {
         "json" => Format::Json,
+        "pipyconf" => Format::PipyConf,
         "yaml" => Format::Yaml,
         other => return Err(corrupt(format!("unknown format {other:?}"))),
     };
@@ -118,6 +119,7 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, PersistError> {
 fn format_name(format: Format) -> &'static str {
     match format {
         Format::Json => "json",
+        Format::PipyConf => "pipyconf",
         Format::Yaml => "yaml",
     }
 }

@@ -146,8 +146,11 @@ impl Validator {
     fn name(&mut self, path: impl FnOnce() -> String, name: &str) {
         if name.is_empty() || name.len() > 128 {
             self.error(path(), "must be 1 to 128 characters");
-        } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':')) {
-            self.error(path(), format!("invalid name {name:?}: use letters, digits and - _ . / :"));
+        } else if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':' | b'|'))
+        {
+            self.error(path(), format!("invalid name {name:?}: use letters, digits and - _ . / : |"));
         }
     }
 
@@ -311,13 +314,9 @@ impl Validator {
         if listener.protocol == ListenerProtocol::Tcp {
             if listener.routes.is_empty() {
                 self.error(format!("{path}.routes"), "a tcp listener needs a route");
-            } else if let Some(catch_all) = listener
-                .routes
-                .iter()
-                .position(|route| {
-                    route.matches.sni.is_none() && route.matches.destination.is_none() && route.matches.source.is_none()
-                })
-            {
+            } else if let Some(catch_all) = listener.routes.iter().position(|route| {
+                route.matches.sni.is_none() && route.matches.destination.is_none() && route.matches.source.is_none()
+            }) {
                 // Routes are tried by SNI, destination and source; the first with none takes the rest.
                 if catch_all + 1 < listener.routes.len() {
                     self.error(

@@ -1,0 +1,241 @@
+//! The PipyConf corpus (`tests/pipy/*.json`, written from osm-edge's
+//! `repo/types.go`) translated and checked field by field.
+
+use config_model::pipy::{translate, SidecarContext, Translation};
+use serde_json::{json, Value};
+
+fn corpus(name: &str) -> (Translation, Value) {
+    let path = format!("{}/tests/pipy/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let translation = translate(&text, &SidecarContext::default()).unwrap();
+    config_model::validate(&translation.config).unwrap_or_else(|errors| panic!("{name}: {errors:?}"));
+    let value = serde_json::to_value(&translation.config).unwrap();
+    if std::env::var_os("PIPY_DUMP").is_some() {
+        eprintln!("{}\n{:#?}", serde_json::to_string_pretty(&value).unwrap(), translation.warnings);
+    }
+    (translation, value)
+}
+
+fn listener<'a>(config: &'a Value, name: &str) -> &'a Value {
+    config["listeners"].as_array().unwrap().iter().find(|l| l["name"] == name).unwrap_or_else(|| panic!("{name}"))
+}
+
+fn route<'a>(listener: &'a Value, name: &str) -> &'a Value {
+    listener["routes"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| {
+        let names: Vec<_> = listener["routes"].as_array().unwrap().iter().map(|r| r["name"].clone()).collect();
+        panic!("no route {name}; have {names:?}")
+    })
+}
+
+fn cluster<'a>(config: &'a Value, name: &str) -> &'a Value {
+    config["clusters"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{name}"))
+}
+
+/// The inbound side of a bookstore pod: rules per identity, source
+/// allow-lists, rate limits, mixed-mode TLS and the 403 of osm-edge.
+#[test]
+fn bookstore_inbound() {
+    let (translation, config) = corpus("bookstore.json");
+    assert_eq!(config["version"], "6882559880055383607");
+    assert!(config["listeners"].as_array().unwrap().iter().all(|l| l["name"] != "outbound"), "Outbound is null");
+    let inbound = listener(&config, "inbound");
+    assert_eq!(inbound["bind"], "0.0.0.0:15003");
+    assert_eq!(inbound["transparent"]["unmatched"], "refuse");
+    assert_eq!(inbound["tls"]["mesh"], true);
+    assert_eq!(inbound["tls"]["plaintext_sources"], json!(["10.10.0.0/16"]), "the range with mTLS false");
+    assert!(config["identity"]["ca"]["pem"].as_str().unwrap().contains("ca placeholder"));
+
+    // The identity-restricted rule comes before the open one.
+    let names: Vec<&str> = inbound["routes"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let service = "inbound/14001/bookstore.bookstore.svc.cluster.local";
+    assert_eq!(
+        names,
+        [
+            format!("{service}/1"),
+            format!("{service}/0"),
+            format!("{service}/0/ranges"),
+            "inbound/14001/denied".into(),
+            "inbound/9000/tcp".into()
+        ]
+    );
+    let restricted = route(inbound, &format!("{service}/1"));
+    assert_eq!(
+        restricted["match"]["headers"],
+        json!({
+            "serviceidentity": { "regex": "bookbuyer\\.bookbuyer|bookwatcher\\.bookbuyer" },
+            "user-agent": { "regex": ".*(?:Go-http-client).*" },
+        })
+    );
+    assert_eq!(restricted["match"]["path"], json!({ "prefix": "/books-bought" }));
+    assert_eq!(restricted["match"]["method"], json!(["GET"]));
+    assert_eq!(restricted["match"]["source"]["addresses"], json!(["10.244.1.7"]), "the service's AllowedEndpoints");
+    assert_eq!(restricted["match"]["destination"], json!({ "ports": [14001] }));
+    assert!(restricted["match"].get("host").is_none(), "one service on the port: the port decides");
+    assert_eq!(restricted["cluster"], "bookstore/bookstore|14001|local");
+    assert_eq!(restricted["timeout"], "60s");
+    let limit = &restricted["rate_limit"];
+    assert_eq!((limit["requests"].as_u64(), limit["per"].as_str()), (Some(10), Some("60s")));
+    assert_eq!((limit["burst"].as_u64(), limit["status"].as_u64()), (Some(5), Some(429)));
+    assert_eq!(limit["response_headers"], json!({ "x-limited": "yes" }));
+
+    let open = route(inbound, &format!("{service}/0"));
+    assert!(open["match"].get("path").is_none(), "`.*` matches every path");
+    assert_eq!(open["match"]["method"], json!(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]));
+    assert_eq!(open["rate_limit"]["requests"], 100, "the per-service limit where the rule has none");
+    let ranges = route(inbound, &format!("{service}/0/ranges"));
+    assert_eq!(ranges["match"]["source"]["addresses"], json!(["10.10.0.0/16"]));
+
+    let denied = route(inbound, "inbound/14001/denied");
+    assert_eq!(denied["direct_response"]["status"], 403);
+    assert_eq!(denied["direct_response"]["body"], "Access denied");
+    assert_eq!(denied["match"]["source"]["addresses"], json!(["10.244.1.7", "10.244.2.9", "10.10.0.0/16"]));
+
+    let tcp = route(inbound, "inbound/9000/tcp");
+    assert_eq!(tcp["cluster"], "bookstore/bookstore|9000|local");
+    assert_eq!(tcp["match"]["source"]["addresses"], json!(["10.244.1.7", "10.244.2.9"]));
+    assert_eq!(inbound["connection_rate_limit"], json!({ "connections": 5, "per": "1s", "burst": 10 }));
+
+    let app = cluster(&config, "bookstore/bookstore|14001|local");
+    assert_eq!(app["endpoints"], json!([{ "address": "127.0.0.1:14001", "weight": 100, "priority": 0 }]));
+    assert!(app.get("tls").is_none(), "the local app is plaintext");
+    assert_eq!(translation.warnings, ["Spec.Probes: the probe proxies (15901-15904) are not served yet"]);
+}
+
+/// The outbound side of a bookbuyer pod: destination matching, the 80/20
+/// TrafficSplit, identity header, retries, limits and the degrade breaker.
+#[test]
+fn bookbuyer_outbound() {
+    let (translation, config) = corpus("bookbuyer.json");
+    assert!(translation.warnings.is_empty(), "{:?}", translation.warnings);
+    let outbound = listener(&config, "outbound");
+    assert_eq!(outbound["bind"], "0.0.0.0:15001");
+    assert_eq!(outbound["transparent"]["unmatched"], "refuse", "EnableEgress is false");
+    let service = "outbound/14001/bookstore.bookstore.svc.cluster.local";
+    let canary = route(outbound, &format!("{service}/0"));
+    assert_eq!(canary["match"]["path"], json!({ "regex": ".*(?:/books).*" }), "osm-edge searches the path");
+    assert_eq!(canary["match"]["headers"], json!({ "x-canary": { "regex": "(?:^yes$)" } }));
+    assert_eq!(canary["match"]["method"], json!(["GET", "POST"]));
+    assert_eq!(canary["match"]["destination"]["addresses"], json!(["10.244.2.9/32", "10.96.12.34/32"]));
+    assert_eq!(canary["match"]["destination"]["ports"], json!([14001]));
+    assert_eq!(canary["cluster"], "bookstore/bookstore-v2|14001");
+    assert!(canary.get("retry").is_none(), "v2 has no RetryPolicy");
+
+    let split = route(outbound, &format!("{service}/1"));
+    assert_eq!(
+        split["split"],
+        json!([
+            { "cluster": "bookstore/bookstore-v1|14001", "weight": 80 },
+            { "cluster": "bookstore/bookstore-v2|14001", "weight": 20 },
+        ])
+    );
+    assert_eq!(split["request_headers"]["set"], json!({ "serviceidentity": "bookbuyer.bookbuyer" }));
+    assert_eq!(split["timeout"], "30500ms");
+    let retry = &split["retry"];
+    assert_eq!(retry["attempts"], 5);
+    assert_eq!(retry["retry_on"], json!(["connect-failure", "reset", "5xx", "retriable-status-codes"]));
+    assert_eq!(retry["status_codes"], json!([429]));
+    assert_eq!((retry["per_try_timeout"].as_str(), retry["backoff_base"].as_str()), (Some("1s"), Some("250ms")));
+    assert_eq!(retry["retry_non_idempotent"], true);
+
+    let v1 = cluster(&config, "bookstore/bookstore-v1|14001");
+    assert_eq!(v1["tls"], json!({ "mesh": true }));
+    assert_eq!(v1["connect_timeout"], "5s");
+    assert_eq!(
+        v1["limits"],
+        json!({ "max_connections": 100, "max_pending_requests": 50, "max_requests": 200, "max_retries": 3,
+                "max_requests_per_connection": 100 })
+    );
+    assert_eq!(
+        v1["breaker"],
+        json!({ "stat_window": "60s", "min_requests": 10, "error_count": 8, "error_ratio": 0.5, "slow_time": "500ms",
+                "slow_count": 5, "slow_ratio": 0.3, "degraded_window": "10s", "degraded_status": 409,
+                "degraded_body": "Coming soon ..." })
+    );
+    let weights: Vec<(&str, u64)> = v1["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["address"].as_str().unwrap(), e["weight"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(weights, [("10.244.2.10:14001", 50), ("10.244.2.9:14001", 100)]);
+
+    let tcp = route(outbound, "outbound/5432/tcp/0");
+    assert_eq!(tcp["cluster"], "db/postgres|5432");
+    assert!(tcp["match"].get("method").is_none(), "opaque TCP has no HTTP criteria");
+    assert_eq!(cluster(&config, "apps/grpc|8443")["protocol"], "http2", "gRPC goes upstream as HTTP/2");
+    assert_eq!(cluster(&config, "apps/grpc|8443")["endpoints"][0]["weight"], 100, "a null weight is 100");
+    assert!(config.get("identity").is_some());
+}
+
+/// Multicluster failover endpoints, egress, hosts sharing a port, and
+/// every field edgeplane does not support reported by path.
+#[test]
+fn multicluster_egress_and_unsupported_fields() {
+    let (translation, config) = corpus("multicluster.json");
+    let outbound = listener(&config, "outbound");
+    assert_eq!(outbound["transparent"]["unmatched"], "passthrough", "EnableEgress");
+    let names: Vec<&str> = outbound["routes"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "outbound/14001/bookwarehouse.bookwarehouse.svc.cluster.local/0",
+            "outbound/80/httpbin.org/0/0",
+            "outbound/80/httpbin.org/0/1",
+            "outbound/80/www/0/0",
+        ],
+        "ranged entries first; egress by host when several services share the port"
+    );
+    assert_eq!(route(outbound, "outbound/80/httpbin.org/0/1")["match"]["host"], "httpbin.org:80");
+    assert!(route(outbound, "outbound/80/www/0/0")["match"]["destination"].get("addresses").is_none());
+    assert!(cluster(&config, "httpbin.org:80").get("tls").is_none(), "egress is not sidecar mTLS");
+    assert!(config.get("identity").is_none(), "no Certificate");
+
+    let warehouse = cluster(&config, "bookwarehouse/bookwarehouse|14001");
+    assert_eq!(
+        warehouse["endpoints"],
+        json!([
+            { "address": "10.244.2.9:14001", "weight": 100, "priority": 0 },
+            { "address": "192.168.10.5:30001", "weight": 100, "priority": 1 },
+        ]),
+        "weight 0 is a failover endpoint"
+    );
+    assert!(warehouse.get("outlier_detection").is_some(), "passive health makes failover happen");
+
+    let warnings = translation.warnings.join("\n");
+    for expected in [
+        "Surprise: unknown field",
+        "Spec.ClusterSet",
+        "DNSResolveDB",
+        "plugins/wasm-filter.js",
+        "Outbound.TrafficMatches.443[0].ServerNames",
+        "Endpoints.192.168.10.5:30001: multicluster Key/Path",
+    ] {
+        assert!(warnings.contains(expected), "{expected:?} missing from\n{warnings}");
+    }
+}
+
+/// A sidecar gets no listener for a side the controller left out; bad
+/// documents are errors that name where, never panics.
+#[test]
+fn empty_and_bad_documents() {
+    let empty = translate(r#"{"Ts": null, "Version": "1", "Spec": {}}"#, &SidecarContext::default()).unwrap();
+    assert!(empty.config.listeners.is_empty() && empty.config.clusters.is_empty());
+    config_model::validate(&empty.config).unwrap();
+
+    let moved = SidecarContext { outbound_bind: "127.0.0.1:25001".into(), ..SidecarContext::default() };
+    let egress = translate(r#"{"Spec": {"Traffic": {"EnableEgress": true}}}"#, &moved).unwrap();
+    assert_eq!(egress.config.listeners[0].bind.as_str(), "127.0.0.1:25001");
+
+    for (text, at) in [
+        (r#"{"Inbound": {"TrafficMatches": {"80": {"Port": "eighty"}}}}"#, "Inbound.TrafficMatches.80.Port"),
+        (r#"{"Outbound": {"TrafficMatches": {"80": {}}}}"#, "Outbound.TrafficMatches.80"),
+        ("[1, 2]", ""),
+        ("{", ""),
+    ] {
+        let error = translate(text, &SidecarContext::default()).err().unwrap_or_else(|| panic!("{text} translated"));
+        assert!(error.to_string().contains(at), "{text}: {error}");
+    }
+    assert!(config_model::pipy::looks_like_pipyconf(r#"{"Spec": {}, "Version": "3"}"#));
+    assert!(!config_model::pipy::looks_like_pipyconf(r#"{"listeners": []}"#));
+    assert_eq!(config_model::Format::Json.sniff(r#"{"Inbound": null}"#), config_model::Format::PipyConf);
+}
