@@ -11,8 +11,14 @@ use sha2::{Digest, Sha256};
 use crate::transport::{FetchError, Fetched, Transport};
 
 /// Names looked for in a manifest when `file` is not set, in this order.
-const DEFAULT_FILES: [&str; 6] =
-    ["edgeplane.yaml", "edgeplane.yml", "edgeplane.json", "config.yaml", "config.yml", "config.json"];
+/// `config.json.gz` first: FSM publishes the sidecar config compressed, and
+/// a repo listing it serves it instead of `config.json`.
+const DEFAULT_FILES: [&str; 7] =
+    ["config.json.gz", "edgeplane.yaml", "edgeplane.yml", "edgeplane.json", "config.yaml", "config.yml", "config.json"];
+
+/// The most a `.gz` file may decompress to (the compressed body is capped by
+/// `max_body_bytes`; this caps the ratio).
+const MAX_GUNZIPPED_BYTES: u64 = 64 << 20;
 
 /// A config as the control plane serves it.
 #[derive(Clone, Debug)]
@@ -104,8 +110,16 @@ impl Source {
                 }
                 let entry = pick_entry(&listing.body, file.as_deref())?;
                 let file_uri = join(manifest, &entry)?;
-                let fetched = transport.fetch(Method::GET, &file_uri, &[], None).await?;
-                let format = format_of(&fetched, &entry);
+                let mut fetched = transport.fetch(Method::GET, &file_uri, &[], None).await?;
+                let mut name = entry.as_str();
+                if let Some(stem) = strip_suffix_ignore_case(&entry, ".gz") {
+                    fetched.body = gunzip(&fetched.body, MAX_GUNZIPPED_BYTES)
+                        .map_err(|error| FetchError::Decode(format!("{file_uri}: {error}")))?;
+                    // What the server says about the type is about the gzip.
+                    fetched.content_type = None;
+                    name = stem;
+                }
+                let format = format_of(&fetched, name);
                 Ok(Poll::Changed(Snapshot { version, body: fetched.body, format, location: file_uri.to_string() }))
             }
         }
@@ -142,9 +156,40 @@ pub fn content_version(body: &[u8]) -> String {
     text
 }
 
+fn strip_suffix_ignore_case<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
+    let split = name.len().checked_sub(suffix.len())?;
+    (name.is_char_boundary(split) && name[split..].eq_ignore_ascii_case(suffix)).then(|| &name[..split])
+}
+
+/// The gunzipped `body` (all members), at most `max` bytes.
+fn gunzip(body: &[u8], max: u64) -> Result<Bytes, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(body)
+        .take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|error| format!("not valid gzip: {error}"))?;
+    if out.len() as u64 > max {
+        return Err(format!("it decompresses to more than {max} bytes"));
+    }
+    Ok(Bytes::from(out))
+}
+
 /// JSON if the server says so or the name ends in `.json`, YAML if it
-/// says YAML; otherwise JSON when the body starts with `{`.
+/// says YAML; otherwise JSON when the body starts with `{`. JSON that is
+/// an osm-edge/FSM sidecar config is [`Format::PipyConf`].
 fn format_of(fetched: &Fetched, path: &str) -> Format {
+    let format = format_by_type_or_name(fetched, path);
+    if format == Format::Json {
+        // A body that is not UTF-8 fails later, at parse, as before.
+        if let Ok(text) = std::str::from_utf8(&fetched.body) {
+            return format.sniff(text);
+        }
+    }
+    format
+}
+
+fn format_by_type_or_name(fetched: &Fetched, path: &str) -> Format {
     let content_type = fetched.content_type.as_deref().unwrap_or_default().to_ascii_lowercase();
     if content_type.contains("json") {
         return Format::Json;
@@ -237,10 +282,50 @@ mod tests {
         assert!(pick_entry(b"/main.js\n", None).unwrap_err().to_string().contains("set control_plane.file"));
         assert!(pick_entry(b"/../x.yaml\n", Some("../x.yaml")).is_err());
         assert!(pick_entry(&[0xff, 0xfe], None).is_err());
+        let fsm = b"/main.js\n/config.json\n/config.json.gz\n/edgeplane.yaml\n";
+        assert_eq!(pick_entry(fsm, None).unwrap(), "config.json.gz");
+        assert_eq!(pick_entry(fsm, Some("config.json")).unwrap(), "config.json");
         let uri: Uri = "http://repo:6060/repo/sidecar/".parse().unwrap();
         assert_eq!(
             join(&uri, "sub/edgeplane.yaml").unwrap().to_string(),
             "http://repo:6060/repo/sidecar/sub/edgeplane.yaml"
         );
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn gz_files_are_gunzipped_within_a_cap() {
+        let text = b"{\"listeners\": []}";
+        assert_eq!(gunzip(&gzip(text), 1024).unwrap().as_ref(), text);
+        let big = vec![b' '; 4096];
+        assert!(gunzip(&gzip(&big), 4096).is_ok());
+        assert!(gunzip(&gzip(&big), 4095).unwrap_err().contains("more than 4095 bytes"));
+        // Not gzip, and gzip cut short: errors, never a panic.
+        assert!(gunzip(b"{\"listeners\": []}", 1024).unwrap_err().contains("not valid gzip"));
+        let zipped = gzip(text);
+        assert!(gunzip(&zipped[..zipped.len() / 2], 1024).is_err());
+        let error = FetchError::Decode(format!("http://repo/config.json.gz: {}", gunzip(b"junk", 1024).unwrap_err()));
+        assert_eq!(error.kind(), "decode_error");
+        assert!(
+            error.to_string().starts_with("cannot decompress http://repo/config.json.gz: not valid gzip"),
+            "{error}"
+        );
+        assert_eq!(strip_suffix_ignore_case("config.json.GZ", ".gz"), Some("config.json"));
+        assert_eq!(strip_suffix_ignore_case("gz", ".gz"), None);
+    }
+
+    #[test]
+    fn json_that_is_a_pipyconf_is_marked_so() {
+        let pipy = r#"{"Ts": "2024-01-01T00:00:00Z", "Version": "1", "Spec": {}}"#;
+        assert_eq!(format_of(&fetched(None, None, pipy), "config.json"), Format::PipyConf);
+        assert_eq!(format_of(&fetched(None, Some("application/json"), pipy), "/c"), Format::PipyConf);
+        assert_eq!(format_of(&fetched(None, None, "{\"listeners\": []}"), "config.json"), Format::Json);
+        assert_eq!(format_of(&fetched(None, Some("application/yaml"), pipy), "/c"), Format::Yaml);
     }
 }

@@ -40,6 +40,9 @@ pub enum FetchError {
     Token(String),
     #[error("bad manifest: {0}")]
     Manifest(String),
+    /// A compressed file (`config.json.gz`) that does not decompress.
+    #[error("cannot decompress {0}")]
+    Decode(String),
 }
 
 impl FetchError {
@@ -53,6 +56,7 @@ impl FetchError {
             FetchError::Body(_) => "truncated",
             FetchError::Token(_) => "token_error",
             FetchError::Manifest(_) => "manifest_error",
+            FetchError::Decode(_) => "decode_error",
         }
     }
 }

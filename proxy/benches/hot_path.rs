@@ -184,7 +184,7 @@ fn route_match(c: &mut Criterion) {
         ];
         for (case, buf, expected) in cases {
             let head = parsed(&buf);
-            let view = RequestHeadView { head: &head, buf: &buf, sni: None, destination: None };
+            let view = RequestHeadView { head: &head, buf: &buf, sni: None, destination: None, source: None };
             let hit = listener.route_for(&view).map(|route| &*route.name);
             assert_eq!(hit, Some(expected.as_str()), "{case} request with {routes} routes");
             group.bench_function(BenchmarkId::new(routes.to_string(), case), |b| {

@@ -74,7 +74,8 @@ fn args() -> Args {
 
 fn text(services: usize, format: Format) -> String {
     match format {
-        Format::Json => scale_config::json_text(services),
+        // The generated configs are edgeplane's own, never a PipyConf.
+        Format::Json | Format::PipyConf => scale_config::json_text(services),
         Format::Yaml => scale_config::yaml_text(services),
     }
 }
@@ -82,6 +83,7 @@ fn text(services: usize, format: Format) -> String {
 fn format_name(format: Format) -> &'static str {
     match format {
         Format::Json => "json",
+        Format::PipyConf => "pipyconf",
         Format::Yaml => "yaml",
     }
 }

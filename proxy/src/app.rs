@@ -324,12 +324,45 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
     Ok(ProxyHandle { shared, admin_addr, listener_addrs, control, thread: Some(thread) })
 }
 
-/// `origin` names the text in errors (a path or a URL).
+/// `origin` names the text in errors (a path or a URL). JSON that is an
+/// osm-edge/FSM sidecar config (a PipyConf) is translated first.
 fn parse_and_validate(text: &[u8], origin: &str, format: config_model::Format) -> Result<Config, Vec<String>> {
     let text = std::str::from_utf8(text).map_err(|_| vec![format!("{origin}: not UTF-8")])?;
-    let config = config_model::from_str(text, format).map_err(|e| vec![e.to_string()])?;
+    let config = match format.sniff(text) {
+        config_model::Format::PipyConf => {
+            let context = config_model::pipy::SidecarContext::from_env(|name| std::env::var(name).ok());
+            let translation =
+                config_model::pipy::translate(text, &context).map_err(|e| vec![format!("{origin}: PipyConf: {e}")])?;
+            warn_once(origin, &translation.warnings);
+            translation.config
+        }
+        format => config_model::from_str(text, format).map_err(|e| vec![e.to_string()])?,
+    };
     config_model::validate(&config).map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     Ok(config)
+}
+
+/// Logs each translation warning once per process: a control plane
+/// republishing the same PipyConf every few seconds repeats them all.
+fn warn_once(origin: &str, warnings: &[String]) {
+    /// Past this many distinct warnings, new ones are still logged but no
+    /// longer remembered.
+    const REMEMBERED: usize = 4096;
+    static LOGGED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
+    if warnings.is_empty() {
+        return;
+    }
+    let mut logged = LOGGED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for warning in warnings {
+        if logged.contains(warning) {
+            continue;
+        }
+        tracing::warn!(origin, "PipyConf: {warning}");
+        if logged.len() < REMEMBERED {
+            logged.insert(warning.clone());
+        }
+    }
 }
 
 fn publish_metrics(shared: &Shared, table: &RouteTable) {

@@ -10,11 +10,26 @@ use edgeplane::logging::{self, LogFormat};
 mod admin_call;
 
 #[derive(Parser)]
-#[command(name = "edgeplane", version, about = "A Rust sidecar data plane and edge gateway")]
+#[command(
+    name = "edgeplane",
+    version,
+    about = "A Rust sidecar data plane and edge gateway",
+    override_usage = "edgeplane [OPTIONS] <COMMAND>\n       edgeplane [OPTIONS] [--admin-port <PORT>] <REPO_URL>"
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
-    /// Log filter: a level (`info`) or tracing directives (`edgeplane=debug,hyper=warn`).
+    command: Option<Command>,
+    /// Run as a Pipy sidecar, as osm-edge/FSM start one: pull the config from
+    /// this Pipy repo (a URL ending in `/`; `config.json.gz` or `config.json`
+    /// in it), polling every 5 s.
+    #[arg(value_name = "REPO_URL")]
+    repo: Option<String>,
+    /// With a repo URL: serve the admin API (`/ready`, `/metrics`, `/config`)
+    /// on 127.0.0.1:<PORT> (default 6060, as Pipy).
+    #[arg(long, value_name = "PORT", requires = "repo")]
+    admin_port: Option<u16>,
+    /// Log filter: a level (`info`; Pipy's `debug`, `info`, `warn`, `error`)
+    /// or tracing directives (`edgeplane=debug,hyper=warn`).
     #[arg(long, global = true, env = "EDGEPLANE_LOG_LEVEL", default_value = "info")]
     log_level: String,
     /// Log line format.
@@ -92,9 +107,38 @@ enum Command {
     },
 }
 
+/// Pipy's default admin port.
+const PIPY_ADMIN_PORT: u16 = 6060;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    // Not clap's `args_conflicts_with_subcommands`: that would refuse a
+    // global option before the subcommand (`edgeplane --log-level=debug run`).
+    if cli.repo.is_some() && cli.command.is_some() {
+        <Cli as clap::CommandFactory>::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, "a repo URL cannot be used with a subcommand")
+            .exit();
+    }
+    let Some(command) = cli.command else {
+        let Some(repo) = cli.repo else {
+            let mut help = <Cli as clap::CommandFactory>::command();
+            let _ = help.print_help();
+            return ExitCode::from(2);
+        };
+        let admin = SocketAddr::from(([127, 0, 0, 1], cli.admin_port.unwrap_or(PIPY_ADMIN_PORT)));
+        let source = match pipy_source(repo) {
+            Ok(source) => source,
+            Err(errors) => {
+                eprintln!("edgeplane: invalid repo URL:");
+                for error in errors {
+                    eprintln!("  {error}");
+                }
+                return ExitCode::FAILURE;
+            }
+        };
+        return run(&cli.log_level, cli.log_format, source, None, Some(admin), true, false);
+    };
+    match command {
         Command::Schema => {
             println!("{:#}", config_model::json_schema());
             ExitCode::SUCCESS
@@ -147,14 +191,6 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config, control_plane, bootstrap, persist, workers, admin, no_watch, shared_runtime } => {
-            let _log_guard = match logging::init(&cli.log_level, cli.log_format) {
-                Ok(guard) => guard,
-                Err(error) => {
-                    eprintln!("edgeplane: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
             let (source, admin) = match config_source(config, control_plane, bootstrap, persist, admin) {
                 Ok(chosen) => chosen,
                 Err(errors) => {
@@ -165,31 +201,73 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let options = edgeplane::Options {
-                source,
-                workers,
-                admin,
-                watch_config: !no_watch,
-                handle_signals: true,
-                runtime: if shared_runtime {
-                    edgeplane::RuntimeModel::Shared
-                } else {
-                    edgeplane::RuntimeModel::PerCore
-                },
-            };
-            match edgeplane::start(options) {
-                Ok(proxy) => {
-                    proxy.join();
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    tracing::error!("{error}");
-                    eprintln!("edgeplane: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            run(&cli.log_level, cli.log_format, source, workers, admin, !no_watch, shared_runtime)
         }
     }
+}
+
+/// Runs the proxy until it exits.
+fn run(
+    log_level: &str,
+    log_format: LogFormat,
+    source: edgeplane::ConfigSource,
+    workers: Option<usize>,
+    admin: Option<SocketAddr>,
+    watch_config: bool,
+    shared_runtime: bool,
+) -> ExitCode {
+    let _log_guard = match logging::init(pipy_level(log_level), log_format) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("edgeplane: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let options = edgeplane::Options {
+        source,
+        workers,
+        admin,
+        watch_config,
+        handle_signals: true,
+        runtime: if shared_runtime { edgeplane::RuntimeModel::Shared } else { edgeplane::RuntimeModel::PerCore },
+    };
+    match edgeplane::start(options) {
+        Ok(proxy) => {
+            proxy.join();
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("edgeplane: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `warning` (a target name to tracing, which would silence everything
+/// else) is `warn`; every other filter is tracing's.
+fn pipy_level(level: &str) -> &str {
+    if level.eq_ignore_ascii_case("warning") {
+        "warn"
+    } else {
+        level
+    }
+}
+
+/// The control plane of the Pipy form: the repo, polled with HEAD every 5 s
+/// as Pipy does, nothing persisted (a sidecar's filesystem is its pod's) and
+/// no status reports (osm-edge/FSM controllers take none).
+fn pipy_source(url: String) -> Result<edgeplane::ConfigSource, Vec<String>> {
+    let mut control_plane = config_model::ControlPlane::new(url);
+    control_plane.interval = config_model::Duration::from("5s");
+    control_plane.persist = None;
+    control_plane.report_status = false;
+    let bootstrap = config_model::Bootstrap { control_plane, admin: Default::default() };
+    config_model::validate_bootstrap(&bootstrap)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let token = std::env::var("EDGEPLANE_CONTROL_PLANE_TOKEN").ok().filter(|token| !token.is_empty());
+    Ok(edgeplane::ConfigSource::ControlPlane { settings: Box::new(bootstrap.control_plane), token })
 }
 
 /// The config file, or the control plane from the bootstrap file and the

@@ -63,6 +63,14 @@ pub fn init_binary() -> PathBuf {
     INIT_BINARY.get_or_init(|| build("iptables-init", "edgeplane-init")).clone()
 }
 
+/// The path of the reference control plane's binary (`edgeplane-cp`),
+/// built on first use like [`binary`].
+pub fn cp_binary() -> PathBuf {
+    CP_BINARY.get_or_init(|| build("controlplane-client", "edgeplane-cp")).clone()
+}
+
+static CP_BINARY: OnceLock<PathBuf> = OnceLock::new();
+
 /// [`binary`] on a blocking thread. Call it before a test's hang guard
 /// starts: the first build can take a while.
 pub async fn binary_async() -> PathBuf {
@@ -349,7 +357,7 @@ impl ProxyProcess {
         let config_path = dir.path().join("edgeplane.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
         let source = vec!["--config".to_owned(), config_path.display().to_string()];
-        Self::start_source(dir, config_path, source, extra_args, confirm_with_admin).await
+        Self::start_args(dir, config_path, run_args(&source, extra_args), &[], confirm_with_admin).await
     }
 
     /// Runs `edgeplane --log-format json run SOURCE_ARGS… --workers 2 --admin 127.0.0.1:0 EXTRA_ARGS…`
@@ -363,31 +371,40 @@ impl ProxyProcess {
     ) -> Result<ProxyProcess, StartFailure> {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("no-config-file");
-        let source = source_args.iter().map(|arg| (*arg).to_owned()).collect();
-        Self::start_source(dir, config_path, source, extra_args, confirm_ready).await
+        let source: Vec<String> = source_args.iter().map(|arg| (*arg).to_owned()).collect();
+        Self::start_args(dir, config_path, run_args(&source, extra_args), &[], confirm_ready).await
     }
 
-    async fn start_source(
+    /// Runs `edgeplane ARGS…` exactly as given (no `run`, no `--admin`),
+    /// with `envs` added: for other command lines, such as the Pipy form
+    /// `edgeplane --admin-port=PORT URL`. Its log must be JSON
+    /// (`EDGEPLANE_LOG_FORMAT=json` in `envs`, or `--log-format json`) for
+    /// the `edgeplane ready` line to be found.
+    pub async fn spawn_args(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        confirm_ready: bool,
+    ) -> Result<ProxyProcess, StartFailure> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("no-config-file");
+        let args = args.iter().map(|arg| (*arg).to_owned()).collect();
+        Self::start_args(dir, config_path, args, envs, confirm_ready).await
+    }
+
+    async fn start_args(
         dir: tempfile::TempDir,
         config_path: PathBuf,
-        source: Vec<String>,
-        extra_args: &[&str],
+        args: Vec<String>,
+        envs: &[(&str, &str)],
         confirm_with_admin: bool,
     ) -> Result<ProxyProcess, StartFailure> {
         let binary = binary_async().await;
         let mut command = Command::new(&binary);
-        command
-            .args(["--log-format", "json", "run"])
-            .args(&source)
-            .args(["--workers", "2", "--admin", "127.0.0.1:0"])
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        command.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         for var in ENV_VARS {
             command.env_remove(var);
         }
+        command.envs(envs.iter().copied());
         let started = Instant::now();
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         let pid = child.id().expect("a child that was just spawned has a PID");
@@ -623,6 +640,15 @@ impl Drop for ProxyProcess {
 
 /// `(admin, listeners)` from the `edgeplane ready` line, whose fields are
 /// `admin=ADDR` and `listeners=name=ADDR,name2=ADDR`.
+/// `--log-format json run SOURCE… --workers 2 --admin 127.0.0.1:0 EXTRA…`
+fn run_args(source: &[String], extra_args: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["--log-format", "json", "run"].map(str::to_owned).to_vec();
+    args.extend(source.iter().cloned());
+    args.extend(["--workers", "2", "--admin", "127.0.0.1:0"].map(str::to_owned));
+    args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+    args
+}
+
 fn parse_ready(line: &str) -> Result<(SocketAddr, HashMap<String, SocketAddr>), String> {
     let event: Value = serde_json::from_str(line).map_err(|e| format!("ready line is not JSON ({e}): {line}"))?;
     let admin = event["admin"]

@@ -877,3 +877,196 @@ async fn the_binary_restarted_during_an_outage_serves_the_persisted_config() {
     })
     .await;
 }
+
+/// A Pipy repo as osm-edge/FSM controllers serve one: the manifest (with
+/// the codebase's ETag, for GET and HEAD) and `config.json.gz`.
+struct PipyRepo {
+    addr: SocketAddr,
+    /// The ETag and the `config.json.gz` body.
+    served: Arc<std::sync::Mutex<(String, Vec<u8>)>>,
+    gz_fetches: Arc<AtomicUsize>,
+}
+
+const PIPY_CODEBASE: &str = "/repo/osm-edge-sidecar/x/";
+
+impl PipyRepo {
+    async fn start(etag: &str, body: Vec<u8>) -> PipyRepo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(std::sync::Mutex::new((etag.to_owned(), body)));
+        let gz_fetches = Arc::new(AtomicUsize::new(0));
+        let (state, count) = (served.clone(), gz_fetches.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let (state, count) = (state.clone(), count.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let mut words = head.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+                    let (etag, gz) = state.lock().unwrap().clone();
+                    let (status, body) = if path == PIPY_CODEBASE {
+                        ("200 OK", b"/main.js\n/config.json.gz\n".to_vec())
+                    } else if path == format!("{PIPY_CODEBASE}config.json.gz") {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        ("200 OK", gz)
+                    } else {
+                        ("404 Not Found", Vec::new())
+                    };
+                    let mut response = format!(
+                        "HTTP/1.1 {status}\r\netag: \"{etag}\"\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    if method != "HEAD" {
+                        response.extend_from_slice(&body);
+                    }
+                    let _ = stream.write_all(&response).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        PipyRepo { addr, served, gz_fetches }
+    }
+
+    fn serve(&self, etag: &str, body: Vec<u8>) {
+        *self.served.lock().unwrap() = (etag.to_owned(), body);
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}{PIPY_CODEBASE}", self.addr)
+    }
+}
+
+fn gzip(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(text.as_bytes()).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// An edgeplane config as JSON (what a `config.json.gz` may hold besides a
+/// PipyConf), its listener `web` on `port`.
+fn json_config(up: SocketAddr, tag: &str, port: u16) -> String {
+    let yaml = config(up, tag).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    serde_json::to_string(&config_model::from_yaml_str(&yaml).unwrap()).unwrap()
+}
+
+/// `edgeplane --log-level=info --admin-port=PORT URL`, as osm-edge starts
+/// its Pipy sidecar (JSON logs by the environment, for the ready line).
+async fn spawn_pipy_sidecar(repo: &PipyRepo, admin_port: u16) -> edgeplane_tests::process::ProxyProcess {
+    let admin_flag = format!("--admin-port={admin_port}");
+    let url = repo.url();
+    let args = ["--log-level=info", admin_flag.as_str(), url.as_str()];
+    let process = edgeplane_tests::process::ProxyProcess::spawn_args(&args, &[("EDGEPLANE_LOG_FORMAT", "json")], false)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    assert_eq!(process.admin(), SocketAddr::from(([127, 0, 0, 1], admin_port)), "--admin-port is the admin server");
+    process
+}
+
+async fn admin_status(admin: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = edgeplane_tests::client::get(admin, "localhost", path).await;
+    (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Pipy's polls are 5 s apart: a change shows within two, plus slack.
+const PIPY_APPLY_WITHIN: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipy_command_line_runs_the_sidecar_from_a_gzipped_repo_config() {
+    edgeplane_tests::process::binary_async().await;
+    guard(async {
+        let (a, b) =
+            (HttpUpstream::start("a", HttpProto::Http1).await, HttpUpstream::start("b", HttpProto::Http1).await);
+        let (port, admin_port) = (edgeplane_tests::harness::free_port(), edgeplane_tests::harness::free_port());
+        let repo = PipyRepo::start("1000", gzip(&json_config(a.addr(), "v1", port))).await;
+        let process = spawn_pipy_sidecar(&repo, admin_port).await;
+        let admin = process.admin();
+        eventually("ready", PIPY_APPLY_WITHIN, || async { admin_status(admin, "/ready").await.0 == 200 }).await;
+        let (_, shown) = admin_status(admin, "/config").await;
+        assert!(shown.contains(&format!("127.0.0.1:{port}")) && shown.contains("\"web\""), "{shown}");
+        let web: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert_eq!(served(web).await.unwrap(), "v1");
+        let (_, source) = admin_status(admin, "/config/source").await;
+        let source: Value = serde_json::from_str(&source).unwrap();
+        assert_eq!(source["live"]["version"], "1000", "the codebase's ETag: {source}");
+        assert_eq!(source["live"]["location"], format!("{}config.json.gz", repo.url()), "{source}");
+
+        // A new codebase version (new ETag) applies at a later HEAD poll.
+        repo.serve("1001", gzip(&json_config(b.addr(), "v2", port)));
+        eventually("v2 applied", PIPY_APPLY_WITHIN, || async {
+            let shown = admin_status(admin, "/config").await.1;
+            serde_json::from_str::<Value>(&shown).is_ok_and(|config| config["version"] == "v2")
+        })
+        .await;
+        assert_eq!(served(web).await.unwrap(), "v2");
+        assert!(b.requests() >= 1);
+        assert_eq!(repo.gz_fetches.load(Ordering::SeqCst), 2, "fetched once per version; HEAD otherwise");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_gzip_from_the_pipy_repo_is_an_error_not_a_config() {
+    edgeplane_tests::process::binary_async().await;
+    guard(async {
+        let up = HttpUpstream::start("a", HttpProto::Http1).await;
+        let (port, admin_port) = (edgeplane_tests::harness::free_port(), edgeplane_tests::harness::free_port());
+        let repo = PipyRepo::start("1000", b"{\"not\": \"gzip\"}".to_vec()).await;
+        let process = spawn_pipy_sidecar(&repo, admin_port).await;
+        let admin = process.admin();
+        let line = process.wait_for_stderr("cannot decompress", PIPY_APPLY_WITHIN).await;
+        assert!(line.contains("config.json.gz") && line.contains("not valid gzip"), "{line}");
+        assert_eq!(admin_status(admin, "/ready").await.0, 503, "no config yet");
+
+        // A good one applies; a later bad one leaves it serving.
+        repo.serve("1001", gzip(&json_config(up.addr(), "v1", port)));
+        eventually("ready", PIPY_APPLY_WITHIN, || async { admin_status(admin, "/ready").await.0 == 200 }).await;
+        let web: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert_eq!(served(web).await.unwrap(), "v1");
+        let mark = process.stderr_mark();
+        let truncated = gzip(&json_config(up.addr(), "v2", port));
+        repo.serve("1002", truncated[..truncated.len() / 2].to_vec());
+        let line = process.wait_for_stderr_since(mark, "cannot decompress", PIPY_APPLY_WITHIN).await;
+        assert!(line.contains("the current config stays"), "{line}");
+        assert_eq!(served(web).await.unwrap(), "v1");
+        assert_eq!(admin_status(admin, "/ready").await.0, 200);
+        assert!(!process.stderr_lines().iter().any(|line| line.contains("panicked")), "no panic");
+    })
+    .await;
+}
+
+/// The Pipy form beside the subcommands: nothing at all is help and exit 2,
+/// as before; a global option may still precede a subcommand; a repo URL
+/// with a subcommand, or `--admin-port` without a URL, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipy_form_and_the_subcommands_share_the_command_line() {
+    use edgeplane_tests::process::run_command;
+    guard(async {
+        let none = run_command(&[], &[]).await;
+        assert_eq!(none.status.code(), Some(2), "{none:?}");
+        assert!(none.stdout.contains("<REPO_URL>") && none.stdout.contains("Commands:"), "{none:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, config("127.0.0.1:9".parse().unwrap(), "v1")).unwrap();
+        let path = path.to_str().unwrap();
+        let check = run_command(&["--log-level=warning", "check", "--config", path], &[]).await;
+        assert!(check.status.success(), "{check:?}");
+
+        for refused in [&["http://127.0.0.1:1/repo/x/", "check", "--config", path][..], &["--admin-port=6060"][..]] {
+            let out = run_command(refused, &[]).await;
+            assert_eq!(out.status.code(), Some(2), "{refused:?}: {out:?}");
+        }
+    })
+    .await;
+}

@@ -530,3 +530,213 @@ async fn a_socket_mark_exempts_the_proxys_own_connections() {
     assert_eq!((upstream(&body), via(&body)), ("other".into(), None));
     assert_eq!(t.accepted("outbound", "unmatched_passthrough").await, 1, "exactly one pass-through, no loop");
 }
+
+/// The sidecar as osm-edge runs it: `edgeplane --log-level=… --admin-port=…
+/// <repo URL>` pulls the controller's `config.json` (a PipyConf) from the
+/// reference control plane serving a Pipy-repo layout, translates it, and
+/// serves the app's outbound and inbound traffic under edgeplane-init's rules.
+struct PipySidecar {
+    child: tokio::process::Child,
+    _cp: tokio::process::Child,
+    repo: tempfile::TempDir,
+    log: PathBuf,
+}
+
+const ADMIN_PORT: &str = "6060";
+
+impl PipySidecar {
+    async fn start(t: &Topology, config: &str) -> PipySidecar {
+        let repo = tempfile::tempdir().expect("temp dir");
+        let codebase = repo.path().join("repo/osm-edge-sidecar/uuid-1.sidecar.bookbuyer.bookbuyer");
+        std::fs::create_dir_all(&codebase).unwrap();
+        std::fs::write(codebase.join("main.js"), "// the Pipy script edgeplane does not run\n").unwrap();
+        std::fs::write(codebase.join("config.json"), config).unwrap();
+        // The repo is the controller's, in the other namespace; the sidecar's
+        // own connections (UID 1500) are not intercepted.
+        let listen = format!("{}:6060", t.v4(2));
+        let cp_binary = tokio::task::spawn_blocking(edgeplane_tests::process::cp_binary).await.unwrap();
+        let cp = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &t.server])
+            .arg(cp_binary)
+            .args(["--listen", &listen, "--dir"])
+            .arg(repo.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn edgeplane-cp");
+        let url = format!("http://{listen}/repo/osm-edge-sidecar/uuid-1.sidecar.bookbuyer.bookbuyer/");
+        for _ in 0..200 {
+            if t.try_curl(&t.app, &url).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let log = repo.path().join("edgeplane.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &t.app, "setpriv", "--reuid", "1500", "--regid", "1500", "--clear-groups"])
+            .arg(binary())
+            .args(["--log-level=info", &format!("--admin-port={ADMIN_PORT}"), &url])
+            .env("POD_NAMESPACE", "bookbuyer")
+            .env("SERVICE_ACCOUNT", "bookbuyer")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn edgeplane");
+        let sidecar = PipySidecar { child, _cp: cp, repo, log };
+        let ready = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &t.app])
+            .arg(binary())
+            .args(["wait-ready", "--admin", &format!("127.0.0.1:{ADMIN_PORT}"), "--timeout", "30s"])
+            .output()
+            .await
+            .unwrap();
+        assert!(ready.status.success(), "never ready: {}\n{}", String::from_utf8_lossy(&ready.stderr), sidecar.log());
+        sidecar
+    }
+
+    fn publish(&self, config: &str) {
+        let path = self.repo.path().join("repo/osm-edge-sidecar/uuid-1.sidecar.bookbuyer.bookbuyer/config.json");
+        let temp = path.with_extension("tmp");
+        std::fs::write(&temp, config).unwrap();
+        std::fs::rename(&temp, &path).unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PipySidecar {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// A PipyConf as osm-edge's controller would write it for this pod: the
+/// app (bookbuyer) calls bookstore at `.2:14001`, split 80/20 between v1
+/// (`.2`) and v2 (`.3`); `/status/…` goes to a cluster with a degrade
+/// breaker; inbound, the app on :8000 admits the bookbuyer identity only,
+/// and `/limited` allows two requests a minute.
+fn pipy_conf(t: &Topology, version: &str, v1: u32, v2: u32) -> String {
+    let (service_ip, v1_ip, v2_ip, peer) = (t.v4(2), t.v4(2), t.v4(3), t.v4(2));
+    serde_json::json!({
+        "Ts": "2026-12-03T05:00:00Z",
+        "Version": version,
+        "Spec": { "SidecarLogLevel": "info", "SidecarTimeout": 60,
+                  "Traffic": { "EnableEgress": false, "HTTP1PerRequestLoadBalancing": true } },
+        "Outbound": {
+            "TrafficMatches": { "14001": [ {
+                "DestinationIPRanges": { format!("{service_ip}/32"): null },
+                "Port": 14001, "Protocol": "http",
+                "HttpHostPort2Service": { "bookstore.bookstore": "bookstore.bookstore.svc.cluster.local" },
+                "HttpServiceRouteRules": { "bookstore.bookstore.svc.cluster.local": {
+                    "RouteRules": [
+                        { "Path": "/status/", "Type": "Prefix", "Methods": null,
+                          "TargetClusters": { "bookstore/bookstore-fragile|14001": 100 }, "AllowedServices": null },
+                        { "Path": ".*", "Type": "Regex", "Headers": null, "Methods": null,
+                          "TargetClusters": { "bookstore/bookstore-v1|14001": v1, "bookstore/bookstore-v2|14001": v2 },
+                          "AllowedServices": null } ],
+                    "ServiceIdentity": "bookbuyer.bookbuyer", "Plugins": null } },
+                "TcpServiceRouteRules": null } ] },
+            "ClustersConfigs": {
+                "bookstore/bookstore-v1|14001": { "Endpoints": { format!("{v1_ip}:14001"): { "Weight": 100 } } },
+                "bookstore/bookstore-v2|14001": { "Endpoints": { format!("{v2_ip}:14001"): { "Weight": 100 } } },
+                "bookstore/bookstore-fragile|14001": {
+                    "Endpoints": { format!("{v1_ip}:14001"): { "Weight": 100 } },
+                    "ConnectionSettings": { "http": { "CircuitBreaking": {
+                        "StatTimeWindow": 30, "MinRequestAmount": 3, "ErrorAmountThreshold": 3,
+                        "DegradedTimeWindow": 30, "DegradedStatusCode": 409 } } } } } },
+        "Inbound": {
+            "TrafficMatches": { "8000": {
+                "Port": 8000, "Protocol": "http", "SourceIPRanges": null,
+                "HttpHostPort2Service": { "bookbuyer": "bookbuyer.bookbuyer.svc.cluster.local" },
+                "HttpServiceRouteRules": { "bookbuyer.bookbuyer.svc.cluster.local": {
+                    "RouteRules": [
+                        { "Path": "/limited", "Type": "Prefix", "Methods": ["GET"],
+                          "TargetClusters": { "bookbuyer/bookbuyer|8000|local": 100 },
+                          "AllowedServices": ["bookbuyer.bookbuyer"],
+                          "RateLimit": { "Local": { "Requests": 2, "StatTimeWindow": 60, "ResponseStatusCode": 429 } } },
+                        { "Path": ".*", "Type": "Regex", "Methods": null,
+                          "TargetClusters": { "bookbuyer/bookbuyer|8000|local": 100 },
+                          "AllowedServices": ["bookbuyer.bookbuyer"] } ],
+                    "AllowedEndpoints": { peer.clone(): "bookbuyer.bookbuyer" } } } } },
+            "ClustersConfigs": { "bookbuyer/bookbuyer|8000|local": { "127.0.0.1:8000": 100 } } },
+        "AllowedEndpoints": { peer: "bookbuyer.bookbuyer-pod" },
+    })
+    .to_string()
+}
+
+/// Status and body of a curl from `ns` with extra curl arguments.
+async fn curl_status(t: &Topology, ns: &str, args: &[&str]) -> (u16, String) {
+    let mut command = vec!["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}"];
+    command.extend_from_slice(args);
+    let out = t.exec_in(ns, &command).await;
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_osm_edge_sidecar_config_from_a_pipy_repo_serves_the_pod() {
+    require_root_setup!("iptables");
+    let t = Topology::create().await;
+    let _v1 = t.serve(&t.server, "v1", &format!("{}:14001", t.v4(2))).await;
+    let _v2 = t.serve(&t.server, "v2", &format!("{}:14001", t.v4(3))).await;
+    let _app = t.serve(&t.app, "app", "0.0.0.0:8000").await;
+    t.init(&["--backend", "iptables", "--ipv6", "off"]).await;
+    let sidecar = PipySidecar::start(&t, &pipy_conf(&t, "1000", 80, 20)).await;
+    let bookstore = format!("http://{}:14001/books", t.v4(2));
+
+    // Outbound: the TrafficSplit's 80/20, with osm-edge's identity header.
+    let mut v1 = 0;
+    for _ in 0..50 {
+        let body = t.curl(&t.app, &bookstore).await;
+        let json: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}\n{}", sidecar.log()));
+        assert_eq!(json["headers"]["serviceidentity"], "bookbuyer.bookbuyer");
+        v1 += usize::from(upstream(&body) == "v1");
+    }
+    assert!((35..=45).contains(&v1), "{v1} of 50 to v1 with an 80/20 split");
+
+    // The degrade breaker: three errors open it, then osm-edge's 409.
+    for _ in 0..3 {
+        let (status, _) = curl_status(&t, &t.app, &[&format!("http://{}:14001/status/500", t.v4(2))]).await;
+        assert_eq!(status, 500);
+    }
+    let (status, body) = curl_status(&t, &t.app, &[&format!("http://{}:14001/status/200", t.v4(2))]).await;
+    assert_eq!((status, body.as_str()), (409, "Coming soon ..."), "{}", sidecar.log());
+
+    // Inbound: AllowedServices by the `serviceidentity` header.
+    let app = format!("http://{}:8000/", t.v4(1));
+    let (status, body) = curl_status(&t, &t.server, &["-H", "serviceidentity: bookbuyer.bookbuyer", &app]).await;
+    assert_eq!((status, upstream(&body)), (200, "app".into()));
+    let (status, body) = curl_status(&t, &t.server, &["-H", "serviceidentity: bookthief.bookthief", &app]).await;
+    assert_eq!((status, body.as_str()), (403, "Access denied"), "the bookthief is refused");
+    let (status, _) = curl_status(&t, &t.server, &[&app]).await;
+    assert_eq!(status, 403, "no identity, no access");
+    // The route's local rate limit: two a minute, then 429.
+    let limited = format!("http://{}:8000/limited", t.v4(1));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(curl_status(&t, &t.server, &["-H", "serviceidentity: bookbuyer.bookbuyer", &limited]).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+
+    // A new config (new ETag) applies at the next poll, with no failed
+    // request while it does: all traffic moves to v2.
+    sidecar.publish(&pipy_conf(&t, "2000", 0, 100));
+    let started = std::time::Instant::now();
+    let mut consecutive_v2 = 0;
+    while consecutive_v2 < 10 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "not applied in 20 s:\n{}", sidecar.log());
+        let (status, body) = curl_status(&t, &t.app, &[&bookstore]).await;
+        assert_eq!(status, 200, "a request failed during the change: {body}");
+        consecutive_v2 = if upstream(&body) == "v2" { consecutive_v2 + 1 } else { 0 };
+    }
+    let source = t.curl(&t.app, &format!("http://127.0.0.1:{ADMIN_PORT}/config")).await;
+    assert!(source.contains("\"version\": \"2000\""), "{source}");
+}

@@ -671,7 +671,9 @@ fn compile_route(
                     .addresses
                     .iter()
                     .enumerate()
-                    .map(|(i, text)| text.parse().map_err(|e| invalid(format!("{path}.match.source.addresses[{i}]"), e)))
+                    .map(|(i, text)| {
+                        text.parse().map_err(|e| invalid(format!("{path}.match.source.addresses[{i}]"), e))
+                    })
                     .collect::<Result<_, _>>()?,
             }),
             None => None,
