@@ -124,7 +124,7 @@ fn config_source(shared: &Shared) -> serde_json::Value {
 }
 
 /// Every certificate in use: where, its names and how long it has left.
-fn certs(shared: &Shared) -> serde_json::Value {
+pub(crate) fn certs(shared: &Shared) -> serde_json::Value {
     let now = crate::tls::certs::unix_now();
     let certificates: Vec<_> = crate::tls::watch::certificates(shared)
         .into_iter()
@@ -214,7 +214,7 @@ fn clusters(shared: &Shared) -> serde_json::Value {
     json!({ "generation": table.generation, "clusters": clusters })
 }
 
-fn json_response<T: serde::Serialize + ?Sized>(value: &T) -> Response<Full<Bytes>> {
+pub(crate) fn json_response<T: serde::Serialize + ?Sized>(value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(mut body) => {
             body.push(b'\n');

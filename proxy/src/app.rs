@@ -60,6 +60,8 @@ pub struct Options {
     pub handle_signals: bool,
     /// Threading model; see docs/ARCHITECTURE.md.
     pub runtime: RuntimeModel,
+    /// osm-edge's stats and Prometheus ports (the Pipy sidecar mode).
+    pub osm: Option<crate::osm::OsmPorts>,
 }
 
 /// How worker threads run.
@@ -209,6 +211,20 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
     })?;
     admin_socket.set_nonblocking(true)?;
     let admin_addr = admin_socket.local_addr()?;
+    let mut osm_sockets = Vec::new();
+    if let Some(ports) = &options.osm {
+        for (what, addr, prometheus_only) in
+            [("osm stats", ports.stats, false), ("osm prometheus", ports.prometheus, true)]
+        {
+            let socket = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+                what: what.into(),
+                addr,
+                source,
+            })?;
+            socket.set_nonblocking(true)?;
+            osm_sockets.push((socket, prometheus_only));
+        }
+    }
 
     // Worker objects (each owns one socket per listener); with a shared
     // runtime there is one, running `options.workers` threads.
@@ -269,6 +285,10 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
         let _context = runtime.enter();
         let admin_listener = tokio::net::TcpListener::from_std(admin_socket)?;
         runtime.spawn(admin::serve(admin_listener, shared.clone(), control.clone()));
+        for (socket, prometheus_only) in osm_sockets {
+            let listener = tokio::net::TcpListener::from_std(socket)?;
+            runtime.spawn(crate::osm::serve(listener, shared.clone(), control.clone(), prometheus_only));
+        }
         runtime.spawn(crate::tls::watch::run(shared.clone()));
         if options.handle_signals {
             spawn_signal_handlers(control.clone())?;

@@ -21,6 +21,7 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
+pub mod osm;
 pub mod policy;
 pub mod pool;
 pub mod route;

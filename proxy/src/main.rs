@@ -136,7 +136,23 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        return run(&cli.log_level, cli.log_format, source, None, Some(admin), true, false);
+        let osm = match edgeplane::osm::OsmPorts::from_env(|name| std::env::var(name).ok()) {
+            Ok(ports) => ports,
+            Err(error) => {
+                eprintln!("edgeplane: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let options = edgeplane::Options {
+            source,
+            workers: default_workers(None),
+            admin: Some(admin),
+            watch_config: false,
+            handle_signals: true,
+            runtime: edgeplane::RuntimeModel::PerCore,
+            osm: Some(osm),
+        };
+        return run(&cli.log_level, cli.log_format, options);
     };
     match command {
         Command::Schema => {
@@ -201,36 +217,37 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            run(&cli.log_level, cli.log_format, source, workers, admin, !no_watch, shared_runtime)
+            let options = edgeplane::Options {
+                source,
+                workers: default_workers(workers),
+                admin,
+                watch_config: !no_watch,
+                handle_signals: true,
+                runtime: if shared_runtime {
+                    edgeplane::RuntimeModel::Shared
+                } else {
+                    edgeplane::RuntimeModel::PerCore
+                },
+                osm: None,
+            };
+            run(&cli.log_level, cli.log_format, options)
         }
     }
 }
 
+/// One worker per CPU unless told.
+fn default_workers(workers: Option<usize>) -> usize {
+    workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
+}
+
 /// Runs the proxy until it exits.
-fn run(
-    log_level: &str,
-    log_format: LogFormat,
-    source: edgeplane::ConfigSource,
-    workers: Option<usize>,
-    admin: Option<SocketAddr>,
-    watch_config: bool,
-    shared_runtime: bool,
-) -> ExitCode {
+fn run(log_level: &str, log_format: LogFormat, options: edgeplane::Options) -> ExitCode {
     let _log_guard = match logging::init(pipy_level(log_level), log_format) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("edgeplane: {error}");
             return ExitCode::FAILURE;
         }
-    };
-    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    let options = edgeplane::Options {
-        source,
-        workers,
-        admin,
-        watch_config,
-        handle_signals: true,
-        runtime: if shared_runtime { edgeplane::RuntimeModel::Shared } else { edgeplane::RuntimeModel::PerCore },
     };
     match edgeplane::start(options) {
         Ok(proxy) => {

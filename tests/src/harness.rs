@@ -57,6 +57,7 @@ impl TestProxy {
             watch_config: false,
             handle_signals: false,
             runtime: edgeplane::RuntimeModel::default(),
+            osm: None,
         })?;
         Ok(TestProxy { handle, config_path, _dir: dir })
     }
@@ -73,6 +74,7 @@ impl TestProxy {
             watch_config: false,
             handle_signals: false,
             runtime: edgeplane::RuntimeModel::default(),
+            osm: None,
         };
         // Start-up blocks until the client's first attempt is over.
         let handle = tokio::task::spawn_blocking(move || edgeplane::start(options)).await.expect("start panicked")?;

@@ -966,7 +966,13 @@ async fn spawn_pipy_sidecar(repo: &PipyRepo, admin_port: u16) -> edgeplane_tests
     let admin_flag = format!("--admin-port={admin_port}");
     let url = repo.url();
     let args = ["--log-level=info", admin_flag.as_str(), url.as_str()];
-    let process = edgeplane_tests::process::ProxyProcess::spawn_args(&args, &[("EDGEPLANE_LOG_FORMAT", "json")], false)
+    // osm-edge's stats and Prometheus ports, on free ports: tests share the host.
+    let envs = [
+        ("EDGEPLANE_LOG_FORMAT", "json"),
+        ("EDGEPLANE_OSM_STATS_BIND", "127.0.0.1:0"),
+        ("EDGEPLANE_OSM_PROMETHEUS_BIND", "127.0.0.1:0"),
+    ];
+    let process = edgeplane_tests::process::ProxyProcess::spawn_args(&args, &envs, false)
         .await
         .unwrap_or_else(|failure| panic!("{failure}"));
     assert_eq!(process.admin(), SocketAddr::from(([127, 0, 0, 1], admin_port)), "--admin-port is the admin server");

@@ -1,0 +1,346 @@
+//! What osm-edge expects of its sidecar beside the traffic listeners: the
+//! stats/admin port (`:15000`) and the Prometheus port (`:15010`) with the
+//! metric names the osm-edge dashboards query. Started only in the Pipy
+//! sidecar mode (`edgeplane <repo URL>`).
+//!
+//! The osm families are derived at scrape time from edgeplane's own series
+//! (parsed from their text encoding): the request path keeps one set of
+//! counters, and nothing here runs per request.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::app::Control;
+use crate::state::Shared;
+
+/// Where the osm-edge ports listen.
+#[derive(Clone, Debug)]
+pub struct OsmPorts {
+    /// osm-edge's `SidecarAdminPort` (`[::]:15000`).
+    pub stats: SocketAddr,
+    /// osm-edge's Prometheus port (`:15010`).
+    pub prometheus: SocketAddr,
+}
+
+impl OsmPorts {
+    /// osm-edge's ports, or `EDGEPLANE_OSM_STATS_BIND` and
+    /// `EDGEPLANE_OSM_PROMETHEUS_BIND` (several sidecars on one host, tests).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<OsmPorts, String> {
+        let bind = |name: &str, default: &str| {
+            let text = get(name).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned());
+            text.parse::<SocketAddr>().map_err(|e| format!("{name}: {text:?}: {e}"))
+        };
+        Ok(OsmPorts {
+            stats: bind("EDGEPLANE_OSM_STATS_BIND", "0.0.0.0:15000")?,
+            prometheus: bind("EDGEPLANE_OSM_PROMETHEUS_BIND", "0.0.0.0:15010")?,
+        })
+    }
+}
+
+/// Labels osm-edge puts on its series, from the pod's environment.
+#[derive(Clone, Debug)]
+struct PodLabels {
+    namespace: String,
+    kind: String,
+    name: String,
+    pod: String,
+}
+
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedSender<Control>,
+    prometheus_only: bool,
+) {
+    let context = config_model::pipy::SidecarContext::from_env(|name| std::env::var(name).ok());
+    let pod = Arc::new(PodLabels {
+        namespace: context.namespace,
+        kind: context.controller_kind,
+        name: context.service_account,
+        pod: context.pod_name,
+    });
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        let (shared, control, pod) = (shared.clone(), control.clone(), pod.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = if prometheus_only {
+                    prometheus(&request, &shared, &pod)
+                } else {
+                    stats(&request, peer, &shared, &control, &pod)
+                };
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn prometheus(request: &Request<Incoming>, shared: &Shared, pod: &PodLabels) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/stats/prometheus" | "/metrics" => text(StatusCode::OK, osm_metrics(shared, pod)),
+        _ => text(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// osm-edge's `stats.js` paths.
+fn stats(
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Shared,
+    control: &mpsc::UnboundedSender<Control>,
+    pod: &PodLabels,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    if path == "/quitquitquit" && request.method() == Method::POST {
+        if !peer.ip().to_canonical().is_loopback() {
+            return text(StatusCode::FORBIDDEN, "only loopback callers may do this");
+        }
+        let _ = control.send(Control::Shutdown);
+        return text(StatusCode::OK, "DONE");
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::NOT_FOUND, "Not Found");
+    }
+    match path {
+        "/ready" if shared.lifecycle.is_ready() => text(StatusCode::OK, "LIVE"),
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "NOT READY"),
+        "/listeners" => {
+            let table = shared.table.load();
+            let mut body = String::new();
+            for listener in &table.config.listeners {
+                let _ = writeln!(body, "{}-listener::{}", listener.name, listener.bind.as_str());
+            }
+            text(StatusCode::OK, body)
+        }
+        "/config_dump" => crate::admin::json_response(&*shared.table.load().config),
+        "/certs" => crate::admin::json_response(&crate::admin::certs(shared)),
+        // As osm-edge's sidecar: its metric lines about clusters, retries and rate limits.
+        "/stats" | "/clusters" => {
+            let all = osm_metrics(shared, pod);
+            let body: String = all
+                .lines()
+                .filter(|line| !line.starts_with('#'))
+                .filter(|line| {
+                    line.contains("sidecar_cluster") || line.contains("_retry") || line.contains("rate_limit")
+                })
+                .filter(|line| path == "/stats" || !line.contains("_bucket"))
+                .flat_map(|line| [line, "\n"])
+                .collect();
+            text(StatusCode::OK, body)
+        }
+        _ => text(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// One sample of edgeplane's text encoding.
+struct Sample<'a> {
+    name: &'a str,
+    labels: Vec<(&'a str, String)>,
+    value: f64,
+}
+
+impl Sample<'_> {
+    fn label(&self, name: &str) -> &str {
+        self.labels.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// `name{a="x",b="y"} 1` (label values with `\"`, `\\`, `\n` escapes).
+fn parse_sample(line: &str) -> Option<Sample<'_>> {
+    if line.starts_with('#') || line.is_empty() {
+        return None;
+    }
+    let (name, rest) = match line.find('{') {
+        Some(open) => (&line[..open], &line[open + 1..]),
+        None => {
+            let (name, value) = line.split_once(' ')?;
+            return Some(Sample { name, labels: Vec::new(), value: value.trim().parse().ok()? });
+        }
+    };
+    let mut labels = Vec::new();
+    let mut rest = rest;
+    loop {
+        if let Some(after) = rest.strip_prefix('}') {
+            let value = after.trim().split(' ').next()?.parse().ok()?;
+            return Some(Sample { name, labels, value });
+        }
+        let (label, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                (index, '"') => break index,
+                (_, c) => value.push(c),
+            }
+        };
+        labels.push((label.trim_start_matches(','), value));
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+}
+
+/// osm-edge's `osm_request_duration_ms` buckets that edgeplane's latency
+/// buckets hold exactly (the ones above 60 s are left out).
+const OSM_BUCKETS_MS: [u32; 13] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
+
+/// The osm-edge families, from the proxy's own series.
+fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
+    let source = shared.metrics.encode();
+    let table = shared.table.load();
+    // Every cluster of the config has its series, zero before traffic, as
+    // osm-edge's sidecar sets them up at load.
+    let mut requests: BTreeMap<String, BTreeMap<String, f64>> =
+        table.config.clusters.iter().map(|c| (c.name.clone(), BTreeMap::new())).collect();
+    let zeros: BTreeMap<String, f64> = table.config.clusters.iter().map(|c| (c.name.clone(), 0.0)).collect();
+    let (mut active, mut connect_timeouts, mut overflow) = (zeros.clone(), zeros.clone(), zeros.clone());
+    let (mut retries, mut rx, mut tx) = (zeros.clone(), zeros.clone(), zeros);
+    // destination cluster → (le in ms → cumulative count, sum, count)
+    let mut durations: BTreeMap<String, (BTreeMap<u32, f64>, f64, f64)> = BTreeMap::new();
+    for sample in source.lines().filter_map(parse_sample) {
+        let cluster = sample.label("cluster").to_owned();
+        match sample.name {
+            "edgeplane_http_requests_total" if !cluster.is_empty() => {
+                *requests.entry(cluster).or_default().entry(sample.label("class").to_owned()).or_default() +=
+                    sample.value;
+            }
+            "edgeplane_upstream_connections_active" => *active.entry(cluster).or_default() += sample.value,
+            "edgeplane_upstream_connect_errors_total" if sample.label("reason") == "timeout" => {
+                *connect_timeouts.entry(cluster).or_default() += sample.value;
+            }
+            "edgeplane_upstream_overflow_total" => *overflow.entry(cluster).or_default() += sample.value,
+            "edgeplane_upstream_retries_total" => *retries.entry(cluster).or_default() += sample.value,
+            "edgeplane_tcp_bytes_total" => {
+                let map = if sample.label("direction") == "rx" { &mut rx } else { &mut tx };
+                *map.entry(cluster).or_default() += sample.value;
+            }
+            "edgeplane_http_request_duration_seconds_bucket" if sample.label("listener") == "outbound" => {
+                let Ok(le) = sample.label("le").parse::<f64>() else { continue };
+                let le_ms = (le * 1000.0).round() as u32;
+                if OSM_BUCKETS_MS.contains(&le_ms) {
+                    *durations.entry(cluster).or_default().0.entry(le_ms).or_default() += sample.value;
+                }
+            }
+            "edgeplane_http_request_duration_seconds_sum" if sample.label("listener") == "outbound" => {
+                durations.entry(cluster).or_default().1 += sample.value * 1000.0;
+            }
+            "edgeplane_http_request_duration_seconds_count" if sample.label("listener") == "outbound" => {
+                durations.entry(cluster).or_default().2 += sample.value;
+            }
+            _ => {}
+        }
+    }
+
+    let mut out = String::with_capacity(8 * 1024);
+    let source_labels = format!(
+        "source_namespace=\"{}\",source_workload_kind=\"{}\",source_workload_name=\"{}\",source_workload_pod=\"{}\"",
+        escape(&pod.namespace),
+        escape(&pod.kind),
+        escape(&pod.name),
+        escape(&pod.pod)
+    );
+    let _ = writeln!(out, "# TYPE sidecar_server_live gauge\nsidecar_server_live 1");
+    let _ = writeln!(out, "# TYPE sidecar_cluster_upstream_rq_total counter");
+    for (cluster, classes) in &requests {
+        let total: f64 = classes.values().sum();
+        let _ = writeln!(
+            out,
+            "sidecar_cluster_upstream_rq_total{{{source_labels},sidecar_cluster_name=\"{}\"}} {total}",
+            escape(cluster)
+        );
+    }
+    let _ = writeln!(out, "# TYPE sidecar_cluster_upstream_rq_xx counter");
+    for (cluster, classes) in &requests {
+        for (class, count) in classes {
+            let Some(digit) = class.strip_suffix("xx") else { continue };
+            let _ = writeln!(
+                out,
+                "sidecar_cluster_upstream_rq_xx{{{source_labels},sidecar_cluster_name=\"{}\",sidecar_response_code_class=\"{digit}\"}} {count}",
+                escape(cluster)
+            );
+        }
+    }
+    for (family, kind, values) in [
+        ("sidecar_cluster_upstream_cx_active", "gauge", &active),
+        ("sidecar_cluster_upstream_cx_connect_timeout", "counter", &connect_timeouts),
+        ("sidecar_cluster_upstream_rq_pending_overflow", "counter", &overflow),
+        ("sidecar_cluster_upstream_rq_retry", "counter", &retries),
+        ("sidecar_cluster_upstream_cx_rx_bytes_total", "counter", &rx),
+        ("sidecar_cluster_upstream_cx_tx_bytes_total", "counter", &tx),
+    ] {
+        let _ = writeln!(out, "# TYPE {family} {kind}");
+        for (cluster, value) in values {
+            let _ = writeln!(out, "{family}{{sidecar_cluster_name=\"{}\"}} {value}", escape(cluster));
+        }
+    }
+    let _ = writeln!(out, "# TYPE osm_request_duration_ms histogram");
+    for (cluster, (buckets, sum, count)) in &durations {
+        // `ns/svc|port`: the destination's namespace and service.
+        let (namespace, name) = cluster.split('|').next().unwrap_or("").split_once('/').unwrap_or(("", cluster));
+        let labels = format!(
+            "source_namespace=\"{}\",source_kind=\"{}\",source_name=\"{}\",source_pod=\"{}\",destination_namespace=\"{}\",destination_kind=\"\",destination_name=\"{}\",destination_pod=\"\"",
+            escape(&pod.namespace),
+            escape(&pod.kind),
+            escape(&pod.name),
+            escape(&pod.pod),
+            escape(namespace),
+            escape(name)
+        );
+        for (le, value) in buckets {
+            let _ = writeln!(out, "osm_request_duration_ms_bucket{{{labels},le=\"{le}\"}} {value}");
+        }
+        let _ = writeln!(out, "osm_request_duration_ms_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "osm_request_duration_ms_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "osm_request_duration_ms_count{{{labels}}} {count}");
+    }
+    out
+}
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_parse_with_escapes() {
+        let sample =
+            parse_sample(r#"edgeplane_http_requests_total{listener="o",route="r\"1",cluster="ns/a|80",class="2xx"} 7"#)
+                .unwrap();
+        assert_eq!(sample.name, "edgeplane_http_requests_total");
+        assert_eq!(sample.label("route"), "r\"1");
+        assert_eq!(sample.label("cluster"), "ns/a|80");
+        assert_eq!(sample.value, 7.0);
+        let bare = parse_sample("edgeplane_config_generation 3").unwrap();
+        assert_eq!((bare.name, bare.value), ("edgeplane_config_generation", 3.0));
+        assert!(parse_sample("# HELP x y").is_none());
+        assert!(parse_sample("broken{a=\"1\" 2").is_none());
+    }
+}
