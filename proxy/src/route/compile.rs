@@ -653,29 +653,15 @@ fn compile_route(
         sni: m.sni.as_deref().map(HostMatcher::new),
         destination: match &m.destination {
             Some(destination) => Some(DestinationMatcher {
-                networks: destination
-                    .addresses
-                    .iter()
-                    .enumerate()
-                    .map(|(i, text)| {
-                        text.parse().map_err(|e| invalid(format!("{path}.match.destination.addresses[{i}]"), e))
-                    })
-                    .collect::<Result<_, _>>()?,
+                networks: networks(|| format!("{path}.match.destination"), &destination.addresses)?,
                 ports: destination.ports.as_slice().into(),
             }),
             None => None,
         },
         source: match &m.source {
-            Some(source) => Some(SourceMatcher {
-                networks: source
-                    .addresses
-                    .iter()
-                    .enumerate()
-                    .map(|(i, text)| {
-                        text.parse().map_err(|e| invalid(format!("{path}.match.source.addresses[{i}]"), e))
-                    })
-                    .collect::<Result<_, _>>()?,
-            }),
+            Some(source) => {
+                Some(SourceMatcher { networks: networks(|| format!("{path}.match.source"), &source.addresses)? })
+            }
             None => None,
         },
         access: route.access.as_deref().map(crate::tls::AllowList::compile),
@@ -703,6 +689,15 @@ fn compile_route(
             route.rate_limit.as_deref(),
         )?,
     })
+}
+
+/// The networks of a `match.destination` or `match.source` at `path`.
+fn networks(path: impl Fn() -> String, addresses: &[String]) -> Result<Box<[config_model::Cidr]>, CompileError> {
+    addresses
+        .iter()
+        .enumerate()
+        .map(|(i, text)| text.parse().map_err(|e| invalid(format!("{}.addresses[{i}]", path()), e)))
+        .collect()
 }
 
 /// Hash of a policy's config, so its running state is kept while it is unchanged.
