@@ -326,18 +326,13 @@ async fn fault_server(response: Vec<u8>, hold: bool) -> (SocketAddr, Arc<AtomicU
             let response = response.clone();
             let count = count.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut stream).await.is_none() {
+                    return;
                 }
                 count.fetch_add(1, Ordering::SeqCst);
                 if hold {
                     // Never answer; the client's timeout must end it.
-                    let _ = stream.read(&mut buf).await;
+                    let _ = stream.read(&mut [0u8; 4096]).await;
                     return;
                 }
                 let _ = stream.write_all(&response).await;
@@ -901,14 +896,7 @@ impl PipyRepo {
                 let Ok((mut stream, _)) = listener.accept().await else { return };
                 let (state, count) = (state.clone(), count.clone());
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                    let Some(head) = read_head(&mut stream).await else { return };
                     let head = String::from_utf8_lossy(&head).into_owned();
                     let mut words = head.split_whitespace();
                     let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
@@ -1075,4 +1063,17 @@ async fn the_pipy_form_and_the_subcommands_share_the_command_line() {
         }
     })
     .await;
+}
+
+/// A request head read off a raw connection; `None` if it closes first.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
 }

@@ -737,6 +737,13 @@ mod tests {
     use super::*;
     use crate::tls::ConnFacts;
 
+    /// A validated config, compiled as a first load.
+    fn compiled(config: config_model::Config) -> RouteTable {
+        config_model::validate(&config).unwrap();
+        let (registry, metrics) = (crate::state::Registry::default(), Metrics::new());
+        compile(Arc::new(config), 0, 1, &registry, &metrics).unwrap()
+    }
+
     /// `match.source` as osm-edge's AllowedEndpoints use it: only listed
     /// clients reach the route, and a transparent listener refuses a
     /// connection no route would take from its client.
@@ -758,9 +765,7 @@ clusters:
 "#,
         )
         .unwrap();
-        config_model::validate(&config).unwrap();
-        let (registry, metrics) = (crate::state::Registry::default(), Metrics::new());
-        let table = compile(Arc::new(config), 0, 1, &registry, &metrics).unwrap();
+        let table = compiled(config);
         let inbound = table.listeners.iter().flatten().next().unwrap();
         assert!(inbound.routes_by_source && inbound.routes_by_connection);
         let facts = |source: &str| ConnFacts {
@@ -808,9 +813,7 @@ clusters:
 "#,
         )
         .unwrap();
-        config_model::validate(&config).unwrap();
-        let (registry, metrics) = (crate::state::Registry::default(), Metrics::new());
-        let table = compile(Arc::new(config), 0, 1, &registry, &metrics).unwrap();
+        let table = compiled(config);
         let outbound = table.listeners.iter().flatten().find(|l| &*l.name == "outbound").unwrap();
         let inbound = table.listeners.iter().flatten().find(|l| &*l.name == "inbound").unwrap();
         assert_eq!(outbound.transparent.as_ref().unwrap().unmatched, config_model::Unmatched::Refuse);
