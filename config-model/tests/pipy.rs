@@ -1,7 +1,7 @@
 //! The PipyConf corpus (`tests/pipy/*.json`, written from osm-edge's
 //! `repo/types.go`) translated and checked field by field.
 
-use config_model::pipy::{translate, SidecarContext, Translation};
+use config_model::pipy::{translate, ProbeTarget, Probes, SidecarContext, Translation};
 use serde_json::{json, Value};
 
 fn corpus(name: &str) -> (Translation, Value) {
@@ -98,7 +98,16 @@ fn bookstore_inbound() {
     let app = cluster(&config, "bookstore/bookstore|14001|local");
     assert_eq!(app["endpoints"], json!([{ "address": "127.0.0.1:14001", "weight": 100, "priority": 0 }]));
     assert!(app.get("tls").is_none(), "the local app is plaintext");
-    assert_eq!(translation.warnings, ["Spec.Probes: the probe proxies (15901-15904) are not served yet"]);
+    assert!(translation.warnings.is_empty(), "{:?}", translation.warnings);
+    assert_eq!(
+        translation.probes,
+        Probes {
+            liveness: ProbeTarget::Http { target: "127.0.0.1:9091".parse().unwrap(), path: "/health/alive".into() },
+            readiness: ProbeTarget::HealthCheck,
+            startup: ProbeTarget::Http { target: "127.0.0.1:9092".parse().unwrap(), path: "/started".into() },
+        },
+        "rewritten probes by their Original-* headers; a probe not yet rewritten where it points"
+    );
 }
 
 /// The outbound side of a bookbuyer pod: destination matching, the 80/20
@@ -107,6 +116,7 @@ fn bookstore_inbound() {
 fn bookbuyer_outbound() {
     let (translation, config) = corpus("bookbuyer.json");
     assert!(translation.warnings.is_empty(), "{:?}", translation.warnings);
+    assert_eq!(translation.probes, Probes::default(), "no probes and no inbound port: probe connections are reset");
     let outbound = listener(&config, "outbound");
     assert_eq!(outbound["bind"], "0.0.0.0:15001");
     assert_eq!(outbound["transparent"]["unmatched"], "refuse", "EnableEgress is false");
@@ -209,9 +219,21 @@ fn multicluster_egress_and_unsupported_fields() {
         "plugins/wasm-filter.js",
         "Outbound.TrafficMatches.443[0].ServerNames",
         "Endpoints.192.168.10.5:30001: multicluster Key/Path",
+        "Spec.Probes.ExecProbes: unknown field",
+        "Spec.Probes.ReadinessProbes[0].httpGet.port: not a port number",
     ] {
         assert!(warnings.contains(expected), "{expected:?} missing from\n{warnings}");
     }
+    assert_eq!(
+        translation.probes,
+        Probes {
+            liveness: ProbeTarget::Tcp { target: "127.0.0.1:5432".parse().unwrap() },
+            // No inbound http port to fall back to.
+            readiness: ProbeTarget::Refuse,
+            // HTTPS without Original-Tcp-Port: relayed to the app's TLS port.
+            startup: ProbeTarget::Tcp { target: "127.0.0.1:443".parse().unwrap() },
+        }
+    );
 }
 
 /// A sidecar gets no listener for a side the controller left out; bad
@@ -238,4 +260,43 @@ fn empty_and_bad_documents() {
     assert!(config_model::pipy::looks_like_pipyconf(r#"{"Spec": {}, "Version": "3"}"#));
     assert!(!config_model::pipy::looks_like_pipyconf(r#"{"listeners": []}"#));
     assert_eq!(config_model::Format::Json.sniff(r#"{"Inbound": null}"#), config_model::Format::PipyConf);
+}
+
+/// Probes with no target of their own go to the app's HTTP port, chosen as
+/// osm-edge's probes.js chooses it.
+#[test]
+fn probes_without_a_target_go_to_the_app_port() {
+    let text = json!({
+        "Spec": { "Probes": {
+            "LivenessProbes": [{ "httpGet": { "port": 15901, "scheme": "HTTP", "path": "/osm-liveness-probe" } }],
+            "ReadinessProbes": [{ "httpGet": { "port": 15902, "scheme": "HTTP",
+                                  "httpHeaders": [{ "name": "Original-Http-Port", "value": "http" }] } }],
+        } },
+        "Inbound": { "TrafficMatches": {
+            "8080": { "Port": 8080, "Protocol": "http", "SourceIPRanges": { "10.0.0.0/8": { "mTLS": true } } },
+            "9000": { "Port": 9000, "Protocol": "http" },
+            "14001": { "Port": 14001, "Protocol": "http" },
+            "22": { "Port": 22, "Protocol": "tcp" },
+        } },
+    })
+    .to_string();
+    let translation = translate(&text, &SidecarContext::default()).unwrap();
+    let app = "127.0.0.1:14001".parse().unwrap();
+    assert_eq!(
+        translation.probes,
+        Probes {
+            liveness: ProbeTarget::Http { target: app, path: "/".into() },
+            readiness: ProbeTarget::Http { target: app, path: "/".into() },
+            startup: ProbeTarget::Tcp { target: app },
+        },
+        "ports in numeric order; the last open to every source"
+    );
+    assert!(
+        translation
+            .warnings
+            .iter()
+            .any(|w| w.contains("ReadinessProbes[0].httpGet.httpHeaders[0]: Original-Http-Port")),
+        "{:?}",
+        translation.warnings
+    );
 }

@@ -180,9 +180,9 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
         ConfigSource::File(path) => {
             let text = std::fs::read(path)
                 .map_err(|error| StartError::Config(vec![format!("cannot read {}: {error}", path.display())]))?;
-            let config = parse_and_validate(&text, &path.display().to_string(), config_model::Format::from_path(path))
+            let parsed = parse_and_validate(&text, &path.display().to_string(), config_model::Format::from_path(path))
                 .map_err(StartError::Config)?;
-            (text, config, None)
+            (text, parsed, None)
         }
         ConfigSource::ControlPlane { settings, token } => {
             let stats = controlplane_client::Stats::default();
@@ -190,9 +190,10 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
             let syncer = controlplane_client::Syncer::new(settings, token.clone(), stats)
                 .map_err(|error| StartError::Config(vec![error.to_string()]))?;
             let empty = config_model::from_yaml_str("{}").map_err(|e| StartError::Config(vec![e.to_string()]))?;
-            (Vec::new(), empty, Some(syncer))
+            (Vec::new(), Parsed { config: empty, probes: Default::default() }, Some(syncer))
         }
     };
+    let Parsed { config, probes } = config;
     let registry = Registry::default();
     let config = Arc::new(config);
     let table = compile(config.clone(), hash64(&text), 1, &registry, &metrics)
@@ -213,16 +214,19 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
     let admin_addr = admin_socket.local_addr()?;
     let mut osm_sockets = Vec::new();
     if let Some(ports) = &options.osm {
-        for (what, addr, prometheus_only) in
-            [("osm stats", ports.stats, false), ("osm prometheus", ports.prometheus, true)]
-        {
-            let socket = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
-                what: what.into(),
-                addr,
-                source,
-            })?;
+        for (server, addr, what) in ports.servers() {
+            let socket = match std::net::TcpListener::bind(addr) {
+                Ok(socket) => socket,
+                // FSM may run its own `fsm-healthcheck` container on this
+                // port; it answers the same way.
+                Err(error) if server == crate::osm::OsmServer::Probe(crate::osm::probes::ProbePort::HealthCheck) => {
+                    tracing::warn!(%addr, "{what} not served here: {error}");
+                    continue;
+                }
+                Err(source) => return Err(StartError::Bind { what: what.into(), addr, source }),
+            };
             socket.set_nonblocking(true)?;
-            osm_sockets.push((socket, prometheus_only));
+            osm_sockets.push((server, socket));
         }
     }
 
@@ -256,6 +260,7 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
         lifecycle: Lifecycle::default(),
         connections: Arc::new(ConnectionTracker::default()),
         access_log: AccessLogger::new(),
+        osm_probes: ArcSwap::from_pointee(probes),
     });
     publish_metrics(&shared, &shared.table.load());
 
@@ -285,9 +290,9 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
         let _context = runtime.enter();
         let admin_listener = tokio::net::TcpListener::from_std(admin_socket)?;
         runtime.spawn(admin::serve(admin_listener, shared.clone(), control.clone()));
-        for (socket, prometheus_only) in osm_sockets {
+        for (server, socket) in osm_sockets {
             let listener = tokio::net::TcpListener::from_std(socket)?;
-            runtime.spawn(crate::osm::serve(listener, shared.clone(), control.clone(), prometheus_only));
+            runtime.spawn(crate::osm::run(server, listener, shared.clone(), control.clone()));
         }
         runtime.spawn(crate::tls::watch::run(shared.clone()));
         if options.handle_signals {
@@ -344,22 +349,29 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
     Ok(ProxyHandle { shared, admin_addr, listener_addrs, control, thread: Some(thread) })
 }
 
+/// A config that loaded and validated.
+struct Parsed {
+    config: Config,
+    /// osm-edge's probe targets: a PipyConf's, otherwise none.
+    probes: config_model::pipy::Probes,
+}
+
 /// `origin` names the text in errors (a path or a URL). JSON that is an
 /// osm-edge/FSM sidecar config (a PipyConf) is translated first.
-fn parse_and_validate(text: &[u8], origin: &str, format: config_model::Format) -> Result<Config, Vec<String>> {
+fn parse_and_validate(text: &[u8], origin: &str, format: config_model::Format) -> Result<Parsed, Vec<String>> {
     let text = std::str::from_utf8(text).map_err(|_| vec![format!("{origin}: not UTF-8")])?;
-    let config = match format.sniff(text) {
+    let (config, probes) = match format.sniff(text) {
         config_model::Format::PipyConf => {
             let context = config_model::pipy::SidecarContext::from_env(|name| std::env::var(name).ok());
             let translation =
                 config_model::pipy::translate(text, &context).map_err(|e| vec![format!("{origin}: PipyConf: {e}")])?;
             warn_once(origin, &translation.warnings);
-            translation.config
+            (translation.config, translation.probes)
         }
-        format => config_model::from_str(text, format).map_err(|e| vec![e.to_string()])?,
+        format => (config_model::from_str(text, format).map_err(|e| vec![e.to_string()])?, Default::default()),
     };
     config_model::validate(&config).map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    Ok(config)
+    Ok(Parsed { config, probes })
 }
 
 /// Logs each translation warning once per process: a control plane
@@ -533,7 +545,8 @@ impl Controller {
         if hash == self.shared.table.load().config_hash {
             return Ok(ReloadOutcome::Unchanged);
         }
-        let config = Arc::new(parse_and_validate(text, origin, format).map_err(|errors| errors.join("; "))?);
+        let Parsed { config, probes } = parse_and_validate(text, origin, format).map_err(|errors| errors.join("; "))?;
+        let config = Arc::new(config);
         if self.options.admin.is_none() && config.admin.bind != self.shared.table.load().config.admin.bind {
             tracing::warn!(
                 bind = config.admin.bind.as_str(),
@@ -561,6 +574,7 @@ impl Controller {
         }
 
         self.shared.table.store(Arc::new(table));
+        self.shared.osm_probes.store(Arc::new(probes));
         self.generation.store(generation, Ordering::Relaxed);
         let live = self.shared.table.load_full();
         publish_metrics(&self.shared, &live);

@@ -27,6 +27,9 @@ pub struct Shared {
     pub lifecycle: Lifecycle,
     pub connections: Arc<ConnectionTracker>,
     pub access_log: AccessLogger,
+    /// Where osm-edge's probe proxies send probes, from the live PipyConf
+    /// (every probe refused for other configs). Stored right after the table.
+    pub osm_probes: ArcSwap<config_model::pipy::Probes>,
 }
 
 /// Where configs come from.

@@ -951,15 +951,29 @@ fn json_config(up: SocketAddr, tag: &str, port: u16) -> String {
 /// `edgeplane --log-level=info --admin-port=PORT URL`, as osm-edge starts
 /// its Pipy sidecar (JSON logs by the environment, for the ready line).
 async fn spawn_pipy_sidecar(repo: &PipyRepo, admin_port: u16) -> edgeplane_tests::process::ProxyProcess {
+    spawn_pipy_sidecar_with(repo, admin_port, &[]).await
+}
+
+/// [`spawn_pipy_sidecar`] with more environment (later entries win).
+async fn spawn_pipy_sidecar_with(
+    repo: &PipyRepo,
+    admin_port: u16,
+    more: &[(&str, &str)],
+) -> edgeplane_tests::process::ProxyProcess {
     let admin_flag = format!("--admin-port={admin_port}");
     let url = repo.url();
     let args = ["--log-level=info", admin_flag.as_str(), url.as_str()];
-    // osm-edge's stats and Prometheus ports, on free ports: tests share the host.
-    let envs = [
+    // osm-edge's stats, Prometheus and probe ports, on free ports: tests share the host.
+    let mut envs = vec![
         ("EDGEPLANE_LOG_FORMAT", "json"),
         ("EDGEPLANE_OSM_STATS_BIND", "127.0.0.1:0"),
         ("EDGEPLANE_OSM_PROMETHEUS_BIND", "127.0.0.1:0"),
+        ("EDGEPLANE_OSM_LIVENESS_BIND", "127.0.0.1:0"),
+        ("EDGEPLANE_OSM_READINESS_BIND", "127.0.0.1:0"),
+        ("EDGEPLANE_OSM_STARTUP_BIND", "127.0.0.1:0"),
+        ("EDGEPLANE_OSM_HEALTHCHECK_BIND", "127.0.0.1:0"),
     ];
+    envs.extend_from_slice(more);
     let process = edgeplane_tests::process::ProxyProcess::spawn_args(&args, &envs, false)
         .await
         .unwrap_or_else(|failure| panic!("{failure}"));
@@ -1076,4 +1090,100 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
         }
     }
     Some(head)
+}
+
+/// A PipyConf with only probes, as the injector rewrites them: liveness an
+/// HTTP probe of the app's `port` at `path`, readiness a TCP probe of the
+/// app's port by the health check; no startup probe.
+fn probes_only_conf(version: &str, port: u16, path: &str) -> String {
+    serde_json::json!({
+        "Version": version,
+        "Spec": { "Probes": {
+            "LivenessProbes": [{ "httpGet": { "path": "/osm-liveness-probe", "port": 15901, "scheme": "HTTP",
+                "httpHeaders": [ { "name": "Original-Http-Port", "value": port.to_string() },
+                                 { "name": "Original-Http-Path", "value": path } ] } }],
+            "ReadinessProbes": [{ "httpGet": { "path": "/osm-healthcheck", "port": 15902, "scheme": "HTTP",
+                "httpHeaders": [ { "name": "Original-Tcp-Port", "value": port.to_string() } ] } }],
+        } },
+    })
+    .to_string()
+}
+
+/// A probe request as the kubelet sends it; `None` when the connection is
+/// refused, reset or closed without an answer.
+async fn probe(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+    let mut conn = Http1Conn::try_connect(addr).await.ok()?;
+    let mut all = vec![("user-agent", "kube-probe/1.29")];
+    all.extend_from_slice(headers);
+    let response = conn.send(simple_request("GET", path, &addr.to_string(), &all)).await.ok()?;
+    Some((response.status().as_u16(), String::from_utf8_lossy(response.body()).into_owned()))
+}
+
+/// osm-edge's probe proxies: liveness forwarded to the app's probe path,
+/// readiness answered by the TCP health check, no startup probe refused,
+/// `:15904` by the request's `Original-Tcp-Port`; a new PipyConf moves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_proxies_send_the_kubelets_probes_where_the_pipyconf_says() {
+    edgeplane_tests::process::binary_async().await;
+    guard(async {
+        use edgeplane_tests::harness::free_port;
+        let app = HttpUpstream::start("app", HttpProto::Http1).await;
+        let app_port = app.addr().port();
+        let repo = PipyRepo::start("1", gzip(&probes_only_conf("1", app_port, "/healthz"))).await;
+        let ports: Vec<SocketAddr> = (0..4).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
+        let binds: Vec<String> = ports.iter().map(ToString::to_string).collect();
+        let envs = [
+            ("EDGEPLANE_OSM_LIVENESS_BIND", binds[0].as_str()),
+            ("EDGEPLANE_OSM_READINESS_BIND", binds[1].as_str()),
+            ("EDGEPLANE_OSM_STARTUP_BIND", binds[2].as_str()),
+            ("EDGEPLANE_OSM_HEALTHCHECK_BIND", binds[3].as_str()),
+        ];
+        let process = spawn_pipy_sidecar_with(&repo, free_port(), &envs).await;
+        let admin = process.admin();
+        eventually("ready", PIPY_APPLY_WITHIN, || async { admin_status(admin, "/ready").await.0 == 200 }).await;
+        let (liveness, readiness, startup, health_check) = (ports[0], ports[1], ports[2], ports[3]);
+        let original_tcp_port = app_port.to_string();
+
+        // Liveness: the kubelet's request, on the app's probe path.
+        let (status, body) = probe(liveness, "/osm-liveness-probe", &[]).await.expect("an answer");
+        let echoed: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{status} {body}"));
+        assert_eq!(
+            (status, echoed["upstream"].as_str(), echoed["path"].as_str()),
+            (200, Some("app"), Some("/healthz"))
+        );
+        assert_eq!(echoed["headers"]["user-agent"], "kube-probe/1.29");
+        let (status, _) = probe(liveness, "/osm-liveness-probe", &[]).await.unwrap();
+        assert_eq!(status, 200, "every probe, not just the first");
+
+        // Readiness: the TCP health check of the app's port.
+        let header = [("Original-Tcp-Port", original_tcp_port.as_str())];
+        let (status, body) = probe(readiness, "/osm-healthcheck", &header).await.expect("an answer");
+        assert_eq!((status, body), (200, format!("Successfully established connection to 127.0.0.1:{app_port}")));
+        // Startup: no probe and no inbound port to send it to.
+        assert_eq!(probe(startup, "/osm-startup-probe", &[]).await, None, "refused");
+
+        // :15904 as osm-healthcheck: by the request's header.
+        assert_eq!(probe(health_check, "/osm-healthcheck", &header).await.unwrap().0, 200);
+        let closed = free_port().to_string();
+        let (status, body) = probe(health_check, "/osm-healthcheck", &[("Original-Tcp-Port", &closed)]).await.unwrap();
+        assert_eq!((status, body), (404, format!("Failed to establish connection to 127.0.0.1:{closed}")));
+        assert_eq!(probe(health_check, "/osm-healthcheck", &[]).await.unwrap().0, 400);
+        assert_eq!(probe(health_check, "/", &[("Original-Tcp-Port", "http")]).await.unwrap().0, 400);
+
+        // A new PipyConf moves the liveness probe; an app that stops
+        // answering fails it (502) instead of hanging the kubelet.
+        repo.serve("2", gzip(&probes_only_conf("2", app_port, "/alive")));
+        eventually("new probe path", PIPY_APPLY_WITHIN, || async {
+            let answer = probe(liveness, "/osm-liveness-probe", &[]).await;
+            answer.is_some_and(|(_, body)| body.contains("\"path\":\"/alive\""))
+        })
+        .await;
+        drop(app);
+        let (status, body) = probe(liveness, "/osm-liveness-probe", &[]).await.expect("an answer");
+        assert_eq!(status, 502, "{body}");
+        let (status, _) = probe(readiness, "/osm-healthcheck", &header).await.unwrap();
+        assert_eq!(status, 404, "the app's port is closed");
+        assert!(!process.stderr_lines().iter().any(|line| line.contains("panicked")), "no panic");
+    })
+    .await;
 }

@@ -628,7 +628,15 @@ fn pipy_conf(t: &Topology, version: &str, v1: u32, v2: u32) -> String {
         "Ts": "2026-12-03T05:00:00Z",
         "Version": version,
         "Spec": { "SidecarLogLevel": "info", "SidecarTimeout": 60,
-                  "Traffic": { "EnableEgress": false, "HTTP1PerRequestLoadBalancing": true } },
+                  "Traffic": { "EnableEgress": false, "HTTP1PerRequestLoadBalancing": true },
+                  // The app's probes as the injector rewrites them; no startup probe.
+                  "Probes": {
+                      "LivenessProbes": [{ "httpGet": { "path": "/osm-liveness-probe", "port": 15901, "scheme": "HTTP",
+                          "httpHeaders": [ { "name": "Original-Http-Port", "value": "8000" },
+                                           { "name": "Original-Http-Path", "value": "/healthz" } ] },
+                          "timeoutSeconds": 1 }],
+                      "ReadinessProbes": [{ "httpGet": { "path": "/osm-healthcheck", "port": 15902, "scheme": "HTTP",
+                          "httpHeaders": [ { "name": "Original-Tcp-Port", "value": "8000" } ] } }] } },
         "Outbound": {
             "TrafficMatches": { "14001": [ {
                 "DestinationIPRanges": { format!("{service_ip}/32"): null },
@@ -726,6 +734,32 @@ async fn an_osm_edge_sidecar_config_from_a_pipy_repo_serves_the_pod() {
         statuses.push(curl_status(&t, &t.server, &["-H", "serviceidentity: bookbuyer.bookbuyer", &limited]).await.0);
     }
     assert_eq!(statuses, [200, 200, 429]);
+
+    // The kubelet's probes (from the host side, as the rewritten probes send
+    // them): liveness to the app's /healthz, readiness by the TCP health
+    // check, startup (none configured) relayed to the app's port; :15904
+    // by the request's Original-Tcp-Port.
+    let pod = t.v4(1);
+    let kubelet = |port: u16, path: &str| format!("http://{pod}:{port}{path}");
+    let liveness = kubelet(15901, "/osm-liveness-probe");
+    let (status, body) = curl_status(
+        &t,
+        &t.server,
+        &["-A", "kube-probe/1.29", "-H", "Original-Http-Port: 8000", "-H", "Original-Http-Path: /healthz", &liveness],
+    )
+    .await;
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{status} {body}"));
+    assert_eq!((status, echoed["upstream"].as_str(), echoed["path"].as_str()), (200, Some("app"), Some("/healthz")));
+    let readiness = kubelet(15902, "/osm-healthcheck");
+    let (status, body) = curl_status(&t, &t.server, &["-H", "Original-Tcp-Port: 8000", &readiness]).await;
+    assert_eq!((status, body.as_str()), (200, "Successfully established connection to 127.0.0.1:8000"));
+    let (status, body) = curl_status(&t, &t.server, &[&kubelet(15903, "/osm-startup-probe")]).await;
+    assert_eq!((status, upstream(&body)), (200, "app".into()), "relayed to the inbound port");
+    let health_check = kubelet(15904, "/osm-healthcheck");
+    let (status, _) = curl_status(&t, &t.server, &["-H", "Original-Tcp-Port: 8000", &health_check]).await;
+    assert_eq!(status, 200);
+    let (status, _) = curl_status(&t, &t.server, &["-H", "Original-Tcp-Port: 8001", &health_check]).await;
+    assert_eq!(status, 404, "nothing listens on 8001");
 
     // A new config (new ETag) applies at the next poll, with no failed
     // request while it does: all traffic moves to v2.

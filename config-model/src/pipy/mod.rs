@@ -3,8 +3,10 @@
 //! into an edgeplane [`Config`]. See `docs/osm-edge.md` for what maps to what.
 
 mod conf;
+mod probes;
 mod translate;
 
+pub use probes::{LIVENESS_PORT, READINESS_PORT, STARTUP_PORT};
 pub use translate::translate;
 
 use crate::Config;
@@ -53,6 +55,33 @@ pub struct Translation {
     /// Fields that are present but not (fully) supported, one line each,
     /// naming the field's path. Logged once by the proxy.
     pub warnings: Vec<String>,
+    /// Where the probe proxies send the kubelet's probes.
+    pub probes: Probes,
+}
+
+/// Where each probe proxy (liveness `:15901`, readiness `:15902`, startup
+/// `:15903`) sends the kubelet's probes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Probes {
+    pub liveness: ProbeTarget,
+    pub readiness: ProbeTarget,
+    pub startup: ProbeTarget,
+}
+
+/// What a probe proxy does with a connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ProbeTarget {
+    /// No probe and no app port to send it to: the connection is reset, so
+    /// the probe fails (osm-edge does the same).
+    #[default]
+    Refuse,
+    /// Each HTTP request goes to `target` with its path replaced by `path`.
+    Http { target: std::net::SocketAddr, path: String },
+    /// The connection is relayed byte for byte to `target`.
+    Tcp { target: std::net::SocketAddr },
+    /// Answered by the TCP health check (`:15904`'s handler): a TCP and
+    /// HTTPS probe, rewritten with `Original-Tcp-Port`.
+    HealthCheck,
 }
 
 /// Whether a JSON text is a PipyConf rather than an edgeplane config: a

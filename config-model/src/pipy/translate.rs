@@ -27,11 +27,12 @@ pub fn translate(text: &str, context: &SidecarContext) -> Result<Translation, Lo
     let mut translator =
         Translator { context, warnings: Vec::new(), clusters: BTreeMap::new(), retries: BTreeMap::new() };
     let value = translator.config(&conf);
+    let probes = super::probes::resolve(conf.spec.probes.as_ref(), conf.inbound.as_ref(), &mut |w| translator.warn(w));
     let config = crate::from_json_str(&value.to_string()).map_err(|error| LoadError::Parse {
         at: String::new(),
         message: format!("the translated PipyConf does not load ({error}); please report this"),
     })?;
-    Ok(Translation { config, warnings: translator.warnings })
+    Ok(Translation { config, warnings: translator.warnings, probes })
 }
 
 struct Translator<'a> {
@@ -120,9 +121,6 @@ impl Translator<'_> {
             if value.as_bool() == Some(true) {
                 self.warn(format!("Spec.FeatureFlags.{flag}: not supported, ignored"));
             }
-        }
-        if spec.probes.as_ref().is_some_and(|p| p.as_object().is_some_and(|o| o.values().any(|v| !v.is_null()))) {
-            self.warn("Spec.Probes: the probe proxies (15901-15904) are not served yet".into());
         }
         if spec.cluster_set.as_ref().is_some_and(|set| !set.is_empty()) {
             self.warn("Spec.ClusterSet: multicluster identity labels are not used".into());

@@ -1,7 +1,8 @@
 //! What osm-edge expects of its sidecar beside the traffic listeners: the
-//! stats/admin port (`:15000`) and the Prometheus port (`:15010`) with the
-//! metric names the osm-edge dashboards query. Started only in the Pipy
-//! sidecar mode (`edgeplane <repo URL>`).
+//! stats/admin port (`:15000`), the Prometheus port (`:15010`) with the
+//! metric names the osm-edge dashboards query, and the probe proxies
+//! (`:15901`-`:15904`, [`probes`]). Started only in the Pipy sidecar mode
+//! (`edgeplane <repo URL>`).
 //!
 //! The osm families are derived at scrape time from edgeplane's own series
 //! (parsed from their text encoding): the request path keeps one set of
@@ -25,6 +26,10 @@ use tokio::sync::mpsc;
 use crate::app::Control;
 use crate::state::Shared;
 
+pub mod probes;
+
+use probes::ProbePort;
+
 /// Where the osm-edge ports listen.
 #[derive(Clone, Debug)]
 pub struct OsmPorts {
@@ -32,11 +37,25 @@ pub struct OsmPorts {
     pub stats: SocketAddr,
     /// osm-edge's Prometheus port (`:15010`).
     pub prometheus: SocketAddr,
+    /// The probe proxies: liveness, readiness, startup (`:15901`-`:15903`).
+    pub liveness: SocketAddr,
+    pub readiness: SocketAddr,
+    pub startup: SocketAddr,
+    /// The TCP health check (`:15904`).
+    pub health_check: SocketAddr,
+}
+
+/// One of the servers on the osm-edge ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OsmServer {
+    Stats,
+    Prometheus,
+    Probe(ProbePort),
 }
 
 impl OsmPorts {
-    /// osm-edge's ports, or `EDGEPLANE_OSM_STATS_BIND` and
-    /// `EDGEPLANE_OSM_PROMETHEUS_BIND` (several sidecars on one host, tests).
+    /// osm-edge's ports, or `EDGEPLANE_OSM_{STATS,PROMETHEUS,LIVENESS,
+    /// READINESS,STARTUP,HEALTHCHECK}_BIND` (several sidecars on one host, tests).
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<OsmPorts, String> {
         let bind = |name: &str, default: &str| {
             let text = get(name).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned());
@@ -45,7 +64,37 @@ impl OsmPorts {
         Ok(OsmPorts {
             stats: bind("EDGEPLANE_OSM_STATS_BIND", "0.0.0.0:15000")?,
             prometheus: bind("EDGEPLANE_OSM_PROMETHEUS_BIND", "0.0.0.0:15010")?,
+            liveness: bind("EDGEPLANE_OSM_LIVENESS_BIND", "0.0.0.0:15901")?,
+            readiness: bind("EDGEPLANE_OSM_READINESS_BIND", "0.0.0.0:15902")?,
+            startup: bind("EDGEPLANE_OSM_STARTUP_BIND", "0.0.0.0:15903")?,
+            health_check: bind("EDGEPLANE_OSM_HEALTHCHECK_BIND", "0.0.0.0:15904")?,
         })
+    }
+
+    /// Every server, its address and its name for errors.
+    pub fn servers(&self) -> [(OsmServer, SocketAddr, &'static str); 6] {
+        [
+            (OsmServer::Stats, self.stats, "osm stats"),
+            (OsmServer::Prometheus, self.prometheus, "osm prometheus"),
+            (OsmServer::Probe(ProbePort::Liveness), self.liveness, "osm liveness probe"),
+            (OsmServer::Probe(ProbePort::Readiness), self.readiness, "osm readiness probe"),
+            (OsmServer::Probe(ProbePort::Startup), self.startup, "osm startup probe"),
+            (OsmServer::Probe(ProbePort::HealthCheck), self.health_check, "osm health check"),
+        ]
+    }
+}
+
+/// Serves one osm-edge port.
+pub(crate) async fn run(
+    server: OsmServer,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedSender<Control>,
+) {
+    match server {
+        OsmServer::Stats => serve(listener, shared, control, false).await,
+        OsmServer::Prometheus => serve(listener, shared, control, true).await,
+        OsmServer::Probe(port) => probes::serve(listener, shared, port).await,
     }
 }
 
@@ -58,7 +107,7 @@ struct PodLabels {
     pod: String,
 }
 
-pub(crate) async fn serve(
+async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     control: mpsc::UnboundedSender<Control>,
