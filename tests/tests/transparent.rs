@@ -200,7 +200,12 @@ impl Topology {
 
     /// `edgeplane-init` in the app namespace with `args`.
     async fn init(&self, args: &[&str]) -> String {
-        let netns = format!("/var/run/netns/{}", self.app);
+        self.init_in(&self.app, args).await
+    }
+
+    /// `edgeplane-init` in namespace `ns` with `args`.
+    async fn init_in(&self, ns: &str, args: &[&str]) -> String {
+        let netns = format!("/var/run/netns/{ns}");
         let mut all = vec!["--netns", netns.as_str()];
         all.extend_from_slice(args);
         run(init_binary(), &all).await
@@ -538,27 +543,51 @@ async fn a_socket_mark_exempts_the_proxys_own_connections() {
 struct PipySidecar {
     child: tokio::process::Child,
     _cp: tokio::process::Child,
-    repo: tempfile::TempDir,
+    _repo: tempfile::TempDir,
+    codebase: PathBuf,
     log: PathBuf,
 }
 
 const ADMIN_PORT: &str = "6060";
 
+/// Where a sidecar runs and whose it is.
+struct Pod<'a> {
+    netns: &'a str,
+    namespace: &'a str,
+    service_account: &'a str,
+    /// Where its controller's repo runs: a namespace and an address there.
+    repo_netns: &'a str,
+    repo_listen: String,
+}
+
 impl PipySidecar {
+    /// The bookbuyer's sidecar, in the app namespace.
     async fn start(t: &Topology, config: &str) -> PipySidecar {
+        let pod = Pod {
+            netns: &t.app,
+            namespace: "bookbuyer",
+            service_account: "bookbuyer",
+            repo_netns: &t.server,
+            repo_listen: format!("{}:6060", t.v4(2)),
+        };
+        Self::start_in(&pod, config).await
+    }
+
+    async fn start_in(pod: &Pod<'_>, config: &str) -> PipySidecar {
         let repo = tempfile::tempdir().expect("temp dir");
-        let codebase = repo.path().join("repo/osm-edge-sidecar/uuid-1.sidecar.bookbuyer.bookbuyer");
+        let name = format!("uuid-1.sidecar.{}.{}", pod.service_account, pod.namespace);
+        let codebase = repo.path().join("repo/osm-edge-sidecar").join(&name);
         std::fs::create_dir_all(&codebase).unwrap();
         std::fs::write(codebase.join("main.js"), "// the Pipy script edgeplane does not run\n").unwrap();
         std::fs::write(codebase.join("config.json"), config).unwrap();
-        // The repo is the controller's, in the other namespace; the sidecar's
+        // The repo is the controller's, in another namespace; the sidecar's
         // own connections (UID 1500) are not intercepted.
-        let listen = format!("{}:6060", t.v4(2));
+        let listen = &pod.repo_listen;
         let cp_binary = tokio::task::spawn_blocking(edgeplane_tests::process::cp_binary).await.unwrap();
         let cp = tokio::process::Command::new("ip")
-            .args(["netns", "exec", &t.server])
+            .args(["netns", "exec", pod.repo_netns])
             .arg(cp_binary)
-            .args(["--listen", &listen, "--dir"])
+            .args(["--listen", listen, "--dir"])
             .arg(repo.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -566,30 +595,40 @@ impl PipySidecar {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn edgeplane-cp");
-        let url = format!("http://{listen}/repo/osm-edge-sidecar/uuid-1.sidecar.bookbuyer.bookbuyer/");
+        let url = format!("http://{listen}/repo/osm-edge-sidecar/{name}/");
+        // As the sidecar will see it: from its namespace, as UID 1500.
+        let as_sidecar = ["setpriv", "--reuid", "1500", "--regid", "1500", "--clear-groups"];
+        let mut reachable = false;
         for _ in 0..200 {
-            if t.try_curl(&t.app, &url).await.is_ok() {
+            let mut probe = vec!["netns", "exec", pod.netns];
+            probe.extend_from_slice(&as_sidecar);
+            probe.extend_from_slice(&["curl", "-sS", "-o", "/dev/null", "--max-time", "2", &url]);
+            let probed = tokio::process::Command::new("ip").args(&probe).stdin(Stdio::null()).output().await;
+            if probed.is_ok_and(|output| output.status.success()) {
+                reachable = true;
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        assert!(reachable, "the repo at {url} never answered");
         let log = repo.path().join("edgeplane.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = tokio::process::Command::new("ip")
-            .args(["netns", "exec", &t.app, "setpriv", "--reuid", "1500", "--regid", "1500", "--clear-groups"])
+            .args(["netns", "exec", pod.netns])
+            .args(as_sidecar)
             .arg(binary())
             .args(["--log-level=info", &format!("--admin-port={ADMIN_PORT}"), &url])
-            .env("POD_NAMESPACE", "bookbuyer")
-            .env("SERVICE_ACCOUNT", "bookbuyer")
+            .env("POD_NAMESPACE", pod.namespace)
+            .env("SERVICE_ACCOUNT", pod.service_account)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn edgeplane");
-        let sidecar = PipySidecar { child, _cp: cp, repo, log };
+        let sidecar = PipySidecar { child, _cp: cp, _repo: repo, codebase, log };
         let ready = tokio::process::Command::new("ip")
-            .args(["netns", "exec", &t.app])
+            .args(["netns", "exec", pod.netns])
             .arg(binary())
             .args(["wait-ready", "--admin", &format!("127.0.0.1:{ADMIN_PORT}"), "--timeout", "30s"])
             .output()
@@ -600,7 +639,7 @@ impl PipySidecar {
     }
 
     fn publish(&self, config: &str) {
-        let path = self.repo.path().join("repo/osm-edge-sidecar/uuid-1.sidecar.bookbuyer.bookbuyer/config.json");
+        let path = self.codebase.join("config.json");
         let temp = path.with_extension("tmp");
         std::fs::write(&temp, config).unwrap();
         std::fs::rename(&temp, &path).unwrap();
@@ -818,4 +857,184 @@ async fn an_osm_edge_sidecar_config_from_a_pipy_repo_serves_the_pod() {
     let mut sidecar = sidecar;
     let exited = tokio::time::timeout(std::time::Duration::from_secs(40), sidecar.child.wait()).await;
     assert!(exited.is_ok_and(|status| status.is_ok()), "the sidecar did not exit after /quitquitquit");
+}
+
+/// Two sidecars from PipyConfs, as osm-edge's bookstore demo: bookbuyer's
+/// (app namespace) splits 80/20 between bookstore v1 and v2 and sends its
+/// identity; bookstore's (server namespace; v1 on :14001 and v2 on :14002
+/// share it) admits only bookbuyer, over mTLS with rcgen certificates in
+/// the PipyConfs' `Certificate`, and rate-limits `/limited`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_osm_edge_sidecars_carry_bookbuyer_to_bookstore_over_mtls() {
+    require_root_setup!("iptables");
+    let t = Topology::create().await;
+    let _v1 = t.serve(&t.server, "v1", "0.0.0.0:14001").await;
+    let _v2 = t.serve(&t.server, "v2", "0.0.0.0:14002").await;
+    let ca = edgeplane_tests::pki::Ca::new("osm-ca");
+    let (buyer, store, thief) = (
+        ca.identity("bookbuyer", "bookbuyer"),
+        ca.identity("bookstore", "bookstore"),
+        ca.identity("bookthief", "bookthief"),
+    );
+    // Each sidecar's controller repo runs in the other pod's namespace (in a
+    // cluster it is a pod of its own), so that namespace leaves its port alone.
+    t.init(&["--backend", "iptables", "--ipv6", "off", "--inbound-exclude-ports", "6061"]).await;
+    t.init_in(&t.server, &["--backend", "iptables", "--ipv6", "off", "--inbound-exclude-ports", "6060"]).await;
+    let store_pod = Pod {
+        netns: &t.server,
+        namespace: "bookstore",
+        service_account: "bookstore",
+        repo_netns: &t.app,
+        repo_listen: format!("{}:6061", t.v4(1)),
+    };
+    let bookstore = PipySidecar::start_in(&store_pod, &bookstore_conf(&t, &ca, &store)).await;
+    let bookbuyer = PipySidecar::start(&t, &bookbuyer_conf(&t, "1", &ca, &buyer, 80, 20)).await;
+    let books = format!("http://{}:14001/books", t.v4(2));
+
+    // bookbuyer's plain HTTP leaves its pod as mTLS and reaches the app
+    // behind bookstore's sidecar with bookbuyer's identity header.
+    let mut v1 = 0;
+    for _ in 0..100 {
+        let (status, body) = curl_status(&t, &t.app, &[&books]).await;
+        assert_eq!(status, 200, "{body}\n{}\n{}", bookbuyer.log(), bookstore.log());
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["headers"]["serviceidentity"], "bookbuyer.bookbuyer");
+        v1 += usize::from(json["upstream"] == "v1");
+    }
+    assert!((60..=96).contains(&v1), "{v1} of 100 to v1 with an 80/20 split");
+
+    // bookstore's local rate limit on /limited (all of it to v1).
+    let limited = format!("http://{}:14001/limited", t.v4(2));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(curl_status(&t, &t.app, &[&limited]).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+
+    // Around bookbuyer's sidecar (UID 1500 is not intercepted): plaintext
+    // gets nothing from bookstore's; a bookthief with a mesh certificate
+    // gets osm-edge's 403.
+    let around = |args: &[&str]| {
+        let mut all = vec!["setpriv", "--reuid", "1500", "--regid", "1500", "--clear-groups"];
+        all.extend_from_slice(&["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let plain = around(&[&books]);
+    let output =
+        tokio::process::Command::new("ip").args(["netns", "exec", &t.app]).args(&plain).output().await.unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(!out.contains("\"upstream\""), "plaintext reached the app: {out}");
+    let files = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (thief_cert, thief_key) = thief.write(files.path(), "bookthief");
+    let ca_file = edgeplane_tests::pki::write_pem(files.path(), "ca", &ca.pem());
+    for file in [&thief_cert, &thief_key, &ca_file] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let resolve = format!("bookstore.bookstore.cluster.local:14001:{}", t.v4(2));
+    let (cert, key, cacert) = (thief_cert.to_str().unwrap(), thief_key.to_str().unwrap(), ca_file.to_str().unwrap());
+    let thief_curl = around(&[
+        "--cacert",
+        cacert,
+        "--cert",
+        cert,
+        "--key",
+        key,
+        "--resolve",
+        &resolve,
+        "-H",
+        "serviceidentity: bookthief.bookthief",
+        "https://bookstore.bookstore.cluster.local:14001/books",
+    ]);
+    let thief_args: Vec<&str> = thief_curl.iter().map(String::as_str).collect();
+    let out = t.exec_in(&t.app, &thief_args).await;
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    assert_eq!((code, body), ("403", "Access denied"), "{}", bookstore.log());
+
+    // A new bookbuyer config (new ETag): everything to v2, no failed request.
+    bookbuyer.publish(&bookbuyer_conf(&t, "2", &ca, &buyer, 0, 100));
+    let started = std::time::Instant::now();
+    let mut consecutive_v2 = 0;
+    while consecutive_v2 < 10 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "not applied in 20 s:\n{}", bookbuyer.log());
+        let (status, body) = curl_status(&t, &t.app, &[&books]).await;
+        assert_eq!(status, 200, "a request failed during the change: {body}");
+        consecutive_v2 = if upstream(&body) == "v2" { consecutive_v2 + 1 } else { 0 };
+    }
+}
+
+fn certificate(ca: &edgeplane_tests::pki::Ca, issued: &edgeplane_tests::pki::Issued, cn: &str) -> serde_json::Value {
+    serde_json::json!({ "CommonName": cn, "CertChain": issued.cert_pem, "PrivateKey": issued.key_pem,
+                        "IssuingCA": ca.pem(), "Expiration": "2036-01-01 00:00:00" })
+}
+
+/// bookbuyer's PipyConf: bookstore (`.2:14001`) split `v1`/`v2` between
+/// the v1 (`:14001`) and v2 (`:14002`) clusters; `/limited` all to v1.
+fn bookbuyer_conf(
+    t: &Topology,
+    version: &str,
+    ca: &edgeplane_tests::pki::Ca,
+    cert: &edgeplane_tests::pki::Issued,
+    v1: u32,
+    v2: u32,
+) -> String {
+    let store = t.v4(2);
+    serde_json::json!({
+        "Version": version,
+        "Spec": { "SidecarTimeout": 60, "Traffic": { "EnableEgress": false } },
+        "Certificate": certificate(ca, cert, "bookbuyer.bookbuyer.cluster.local"),
+        "Outbound": {
+            "TrafficMatches": { "14001": [ {
+                "DestinationIPRanges": { format!("{store}/32"): null },
+                "Port": 14001, "Protocol": "http",
+                "HttpHostPort2Service": { "bookstore.bookstore": "bookstore.bookstore.svc.cluster.local" },
+                "HttpServiceRouteRules": { "bookstore.bookstore.svc.cluster.local": {
+                    "RouteRules": [
+                        { "Path": "/limited", "Type": "Prefix", "Methods": null,
+                          "TargetClusters": { "bookstore/bookstore-v1|14001": 100 } },
+                        { "Path": ".*", "Type": "Regex", "Methods": null,
+                          "TargetClusters": { "bookstore/bookstore-v1|14001": v1, "bookstore/bookstore-v2|14002": v2 } } ],
+                    "ServiceIdentity": "bookbuyer.bookbuyer" } } } ] },
+            "ClustersConfigs": {
+                "bookstore/bookstore-v1|14001": { "Endpoints": { format!("{store}:14001"): { "Weight": 100 } } },
+                "bookstore/bookstore-v2|14002": { "Endpoints": { format!("{store}:14002"): { "Weight": 100 } } } } },
+    })
+    .to_string()
+}
+
+/// bookstore's PipyConf: v1 on :14001 and v2 on :14002, both for the
+/// bookbuyer identity from the bookbuyer pod only; `/limited` on v1 allows
+/// two requests a minute.
+fn bookstore_conf(t: &Topology, ca: &edgeplane_tests::pki::Ca, cert: &edgeplane_tests::pki::Issued) -> String {
+    let buyer_pod = t.v4(1);
+    let service = |port: u16, version: &str, limited: bool| {
+        let cluster = format!("bookstore/bookstore-{version}|{port}|local");
+        let mut rules = Vec::new();
+        if limited {
+            rules.push(serde_json::json!({ "Path": "/limited", "Type": "Prefix", "Methods": ["GET"],
+                "TargetClusters": { &cluster: 100 }, "AllowedServices": ["bookbuyer.bookbuyer"],
+                "RateLimit": { "Local": { "Requests": 2, "StatTimeWindow": 60, "ResponseStatusCode": 429 } } }));
+        }
+        rules.push(serde_json::json!({ "Path": ".*", "Type": "Regex", "Methods": null,
+            "TargetClusters": { &cluster: 100 }, "AllowedServices": ["bookbuyer.bookbuyer"] }));
+        serde_json::json!({
+            "Port": port, "Protocol": "http", "SourceIPRanges": null,
+            "HttpHostPort2Service": { "bookstore": "bookstore.bookstore.svc.cluster.local" },
+            "HttpServiceRouteRules": { "bookstore.bookstore.svc.cluster.local": {
+                "RouteRules": rules, "AllowedEndpoints": { buyer_pod.clone(): "bookbuyer.bookbuyer" } } } })
+    };
+    serde_json::json!({
+        "Version": "1",
+        "Spec": { "SidecarTimeout": 60, "Traffic": { "EnableEgress": false } },
+        "Certificate": certificate(ca, cert, "bookstore.bookstore.cluster.local"),
+        "Inbound": {
+            "TrafficMatches": { "14001": service(14001, "v1", true), "14002": service(14002, "v2", false) },
+            "ClustersConfigs": {
+                "bookstore/bookstore-v1|14001|local": { "127.0.0.1:14001": 100 },
+                "bookstore/bookstore-v2|14002|local": { "127.0.0.1:14002": 100 } } },
+        "AllowedEndpoints": { buyer_pod: "bookbuyer.bookbuyer-pod" },
+    })
+    .to_string()
 }
