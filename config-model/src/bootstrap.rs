@@ -83,6 +83,11 @@ pub struct ControlPlane {
     /// config this proxy fetched.
     #[serde(default = "defaults::report_status")]
     pub report_status: bool,
+    /// Also report after every poll the control plane answered, not only
+    /// after a new config: a Pipy repo lists the sidecars that reported
+    /// lately (Pipy reports every 5 s).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub report_every_poll: bool,
     /// Where status reports go; default: `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_url: Option<String>,
@@ -193,6 +198,7 @@ impl ControlPlane {
             persist: defaults::persist(),
             ready: ReadyPolicy::default(),
             report_status: defaults::report_status(),
+            report_every_poll: false,
             status_url: None,
             instance_id: None,
             file: None,

@@ -113,6 +113,12 @@ impl SyncHandle {
 #[derive(Serialize)]
 struct StatusReport<'a> {
     instance: &'a str,
+    /// Pipy's name for `instance`: a Pipy repo keys its instances by it.
+    uuid: &'a str,
+    /// Pipy's instance name and address.
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<&'a str>,
     /// `applied` or `rejected`.
     state: &'static str,
     /// The version now live, if any.
@@ -133,9 +139,13 @@ pub struct Syncer {
     stats: Stats,
     state: Arc<Mutex<SyncState>>,
     status_url: Option<Uri>,
+    report_every_poll: bool,
     persist: Option<PathBuf>,
     ready_policy: ReadyPolicy,
     instance: String,
+    /// `$POD_NAME` or the host name, and `$POD_IP`, for the reports.
+    host_name: String,
+    pod_ip: Option<String>,
     interval: Duration,
     jitter: f64,
     long_poll: Option<Duration>,
@@ -195,9 +205,12 @@ impl Syncer {
             stats,
             state: Arc::new(Mutex::new(state)),
             status_url,
+            report_every_poll: settings.report_every_poll,
             persist,
             ready_policy: settings.ready,
             instance,
+            host_name: host_name(),
+            pod_ip: std::env::var("POD_IP").ok().filter(|ip| !ip.is_empty()),
             interval: duration(&settings.interval)?,
             jitter: settings.jitter,
             long_poll: settings.long_poll.as_ref().map(duration).transpose()?,
@@ -283,7 +296,10 @@ impl Syncer {
             }
             Ok(Poll::Changed(snapshot)) => {
                 Stats::count(&self.stats.fetches, "changed");
+                // Reports the outcome itself.
                 self.try_apply(sink, progress, snapshot, Origin::ControlPlane).await;
+                self.check_ready(sink, progress);
+                return true;
             }
             Err(error) => {
                 Stats::count(&self.stats.fetches, error.kind());
@@ -301,7 +317,7 @@ impl Syncer {
                 return false;
             }
         }
-        if progress.report_pending {
+        if progress.report_pending || self.report_every_poll {
             self.report(progress, None, None).await;
         }
         self.check_ready(sink, progress);
@@ -419,6 +435,9 @@ impl Syncer {
         let Some(url) = &self.status_url else { return };
         let report = StatusReport {
             instance: &self.instance,
+            uuid: &self.instance,
+            name: &self.host_name,
+            ip: self.pod_ip.as_deref(),
             state: if error.is_some() { "rejected" } else { "applied" },
             version: progress.live.as_ref().map(|live| live.version.as_str()),
             origin: progress.live.as_ref().map(|live| live.origin),
@@ -468,15 +487,19 @@ fn unix_millis() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `$POD_NAME` (or the host name) and the process id.
-fn default_instance_id() -> String {
-    let host = std::env::var("POD_NAME")
+/// `$POD_NAME`, else the host name.
+fn host_name() -> String {
+    std::env::var("POD_NAME")
         .ok()
         .filter(|name| !name.is_empty())
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|name| name.trim().to_owned()))
         .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "edgeplane".into());
-    format!("{host}-{}", std::process::id())
+        .unwrap_or_else(|| "edgeplane".into())
+}
+
+/// [`host_name`] and the process id.
+fn default_instance_id() -> String {
+    format!("{}-{}", host_name(), std::process::id())
 }
 
 #[cfg(test)]

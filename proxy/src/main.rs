@@ -273,13 +273,15 @@ fn pipy_level(level: &str) -> &str {
 }
 
 /// The control plane of the Pipy form: the repo, polled with HEAD every 5 s
-/// as Pipy does, nothing persisted (a sidecar's filesystem is its pod's) and
-/// no status reports (osm-edge/FSM controllers take none).
+/// as Pipy does, nothing persisted (a sidecar's filesystem is its pod's),
+/// and a status report POSTed to the codebase URL after every poll, which
+/// is how a Pipy repo lists its instances.
 fn pipy_source(url: String) -> Result<edgeplane::ConfigSource, Vec<String>> {
     let mut control_plane = config_model::ControlPlane::new(url);
     control_plane.interval = config_model::Duration::from("5s");
     control_plane.persist = None;
-    control_plane.report_status = false;
+    control_plane.report_status = true;
+    control_plane.report_every_poll = true;
     let bootstrap = config_model::Bootstrap { control_plane, admin: Default::default() };
     config_model::validate_bootstrap(&bootstrap)
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;

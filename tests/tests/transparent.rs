@@ -813,6 +813,27 @@ async fn an_osm_edge_sidecar_config_from_a_pipy_repo_serves_the_pod() {
     }
     let source = t.curl(&t.app, &format!("http://127.0.0.1:{ADMIN_PORT}/config")).await;
     assert!(source.contains("\"version\": \"2000\""), "{source}");
+    // As a Pipy sidecar, it reports its status to the codebase URL after
+    // every poll: the repo lists it with the live version (the ETag).
+    let source = t.curl(&t.app, &format!("http://127.0.0.1:{ADMIN_PORT}/config/source")).await;
+    let source: serde_json::Value = serde_json::from_str(&source).unwrap();
+    let live_etag = source["live"]["version"].clone();
+    let started = std::time::Instant::now();
+    let instance = loop {
+        let status = t.curl(&t.server, &format!("http://{}:6060/_status", t.v4(2))).await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let (id, instance) = status["instances"].as_object().and_then(|i| i.iter().next()).expect("an instance");
+        assert_eq!(instance["last"]["uuid"].as_str(), Some(id.as_str()), "{instance}");
+        // The report about the new config may still be on its way.
+        if instance["last"]["version"] == live_etag || started.elapsed() > std::time::Duration::from_secs(12) {
+            break instance.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(instance["path"], "/repo/osm-edge-sidecar/uuid-1.sidecar.bookbuyer.bookbuyer/");
+    assert_eq!(instance["last"]["version"], live_etag, "the repo's ETag of the live config: {instance}");
+    assert_eq!(instance["last"]["state"], "applied");
+    assert!(instance["reports"].as_u64() > Some(1), "a report per poll: {instance}");
 
     // osm-edge's ports: the metric families its dashboards query on 15010,
     // the stats paths on 15000.

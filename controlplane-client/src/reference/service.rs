@@ -243,7 +243,8 @@ async fn post(state: &Arc<State>, remote: SocketAddr, request: Request<Incoming>
     if !report.is_object() {
         return plain(StatusCode::BAD_REQUEST, "the body must be a JSON object");
     }
-    let instance = match report.get("instance") {
+    // Pipy sidecars name themselves `uuid`.
+    let instance = match report.get("instance").or_else(|| report.get("uuid")) {
         Some(Value::String(instance)) => instance.clone(),
         _ => remote.ip().to_string(),
     };
