@@ -135,6 +135,12 @@ pub struct ConnectErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub cluster: Name,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub cluster: Name,
     pub limit: &'static str,
@@ -193,9 +199,12 @@ pub struct ConfigInfoLabels {
     pub hash: String,
 }
 
-/// Latency buckets in seconds: 0.5 ms to 60 s.
-const LATENCY_BUCKETS: [f64; 16] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Latency buckets in seconds: 0.5 ms to an hour. The ones past 60 s are
+/// osm-edge's (`osm_request_duration_ms`), for long polls and streams.
+const LATENCY_BUCKETS: [f64; 20] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+    1800.0, 3600.0,
+];
 
 /// A histogram updated with atomics only (prometheus-client's own takes a
 /// mutex per observation).
@@ -460,6 +469,36 @@ pub struct ClusterMetrics {
     pub retries: Counter,
     /// `edgeplane_tls_upstream_handshake_errors_total{cluster, reason="handshake"}`.
     pub tls_handshake_errors: Counter,
+    /// `edgeplane_upstream_responses_total{cluster, code}`: HTTP responses
+    /// for the cluster's routes by status code.
+    pub responses: StatusCodes,
+}
+
+/// Counts by HTTP status code (100-599). A class's hundred counters are
+/// allocated at its first response, so a cluster pays for the classes it
+/// sees: Envoy-style per-code stats without 500 counters per cluster.
+#[derive(Debug, Default)]
+pub struct StatusCodes([std::sync::OnceLock<Box<[AtomicU64; 100]>>; 5]);
+
+impl StatusCodes {
+    pub fn inc(&self, status: u16) {
+        let Some(class) = self.0.get(usize::from(status / 100).wrapping_sub(1)) else { return };
+        let counts = class.get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
+        counts[usize::from(status % 100)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The codes seen so far and their counts, in order.
+    pub fn seen(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.0.iter().zip(1u16..).filter_map(|(class, hundreds)| Some((class.get()?, hundreds))).flat_map(
+            |(counts, hundreds)| {
+                counts
+                    .iter()
+                    .zip(0u16..)
+                    .map(move |(count, unit)| (hundreds * 100 + unit, count.load(Ordering::Relaxed)))
+                    .filter(|(_, count)| *count > 0)
+            },
+        )
+    }
 }
 
 impl ClusterMetrics {
@@ -568,6 +607,18 @@ impl prometheus_client::collector::Collector for ClusterCollector {
             one(m, c, &s.retries)
         })?;
         family(
+            "upstream_responses",
+            "HTTP responses on a cluster's routes, by status code (codes seen so far).",
+            MetricType::Counter,
+            &|m, c, s| {
+                for (code, count) in s.responses.seen() {
+                    let counter = prometheus_client::metrics::counter::ConstCounter::new(count);
+                    counter.encode(m.encode_family(&CodeLabels { cluster: c.clone(), code })?)?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
             "tls_upstream_handshake_errors",
             "Failed TLS handshakes with upstream endpoints, by cluster and reason.",
             MetricType::Counter,
@@ -584,6 +635,8 @@ impl prometheus_client::collector::Collector for ClusterCollector {
 pub struct RequestMetrics {
     by_class: [Counter; 5],
     duration: LatencyHistogram,
+    /// The cluster's series, for its by-code counts; none for direct responses.
+    cluster: Option<Arc<ClusterMetrics>>,
 }
 
 impl RequestMetrics {
@@ -614,6 +667,7 @@ impl RequestMetrics {
                     cluster: cluster.clone(),
                 })
                 .clone(),
+            cluster: (!cluster.as_str().is_empty()).then(|| metrics.cluster(cluster.as_str())),
         }
     }
 
@@ -621,6 +675,9 @@ impl RequestMetrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.duration.observe(elapsed);
+        if let Some(cluster) = &self.cluster {
+            cluster.responses.inc(status);
+        }
     }
 }
 
@@ -642,7 +699,15 @@ mod tests {
         let second = RequestMetrics::shared(&metrics, &"web".into(), &Name::new("r\"1"), &b);
         first.record(200, Duration::from_millis(3));
         second.record(200, Duration::from_millis(3));
+        first.record(404, Duration::from_millis(1));
         let text = metrics.encode();
+        for line in [
+            r#"edgeplane_upstream_responses_total{cluster="svc-1.ns",code="200"} 2"#,
+            r#"edgeplane_upstream_responses_total{cluster="svc-1.ns",code="404"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("code=\"500\""), "only the codes seen");
         let line = text
             .lines()
             .find(|line| line.starts_with("edgeplane_http_requests_total{") && line.contains("class=\"2xx\""))
@@ -651,6 +716,16 @@ mod tests {
             line,
             r#"edgeplane_http_requests_total{listener="web",route="r\"1",cluster="svc-1.ns",class="2xx"} 2"#
         );
+    }
+
+    #[test]
+    fn status_codes_count_each_code_and_skip_what_is_not_http() {
+        let codes = StatusCodes::default();
+        for status in [200, 200, 201, 503, 599, 100, 0, 99, 600, 1000] {
+            codes.inc(status);
+        }
+        assert_eq!(codes.seen().collect::<Vec<_>>(), [(100, 1), (200, 2), (201, 1), (503, 1), (599, 1)]);
+        assert!(codes.0[2].get().is_none() && codes.0[3].get().is_none(), "no 3xx or 4xx counters allocated");
     }
 
     #[test]

@@ -852,9 +852,15 @@ async fn an_osm_edge_sidecar_config_from_a_pipy_repo_serves_the_pod() {
         "sidecar_response_code_class=\"4\"",
         "sidecar_cluster_upstream_cx_active{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\"}",
         "sidecar_cluster_upstream_rq_pending_overflow{",
+        "sidecar_cluster_external_upstream_rq{sidecar_cluster_name=\"bookstore/bookstore-fragile|14001\",sidecar_response_code=\"500\"} 3\n",
+        // (v1 left the config with the change to 0/100, and its per-code series with it.)
+        "sidecar_cluster_external_upstream_rq{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\",sidecar_response_code=\"200\"}",
+        "sidecar_cluster_external_upstream_rq_xx{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\",sidecar_response_code_class=\"2\"}",
+        "sidecar_cluster_external_upstream_rq_completed{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\"}",
         "osm_request_duration_ms_bucket{",
         "destination_namespace=\"bookstore\",destination_kind=\"\",destination_name=\"bookstore-v2\"",
         "le=\"60000\"",
+        "le=\"3600000\"",
         "osm_request_duration_ms_count{",
     ] {
         assert!(metrics.contains(family), "no {family} in\n{metrics}");

@@ -254,9 +254,9 @@ fn parse_sample(line: &str) -> Option<Sample<'_>> {
     }
 }
 
-/// osm-edge's `osm_request_duration_ms` buckets that edgeplane's latency
-/// buckets hold exactly (the ones above 60 s are left out).
-const OSM_BUCKETS_MS: [u32; 13] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
+/// osm-edge's `osm_request_duration_ms` buckets, each one of edgeplane's.
+const OSM_BUCKETS_MS: [u32; 17] =
+    [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000];
 
 /// The osm-edge families, from the proxy's own series.
 fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
@@ -269,6 +269,8 @@ fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
     let zeros: BTreeMap<String, f64> = table.config.clusters.iter().map(|c| (c.name.clone(), 0.0)).collect();
     let (mut active, mut connect_timeouts, mut overflow) = (zeros.clone(), zeros.clone(), zeros.clone());
     let (mut retries, mut rx, mut tx) = (zeros.clone(), zeros.clone(), zeros);
+    // cluster → status code → responses
+    let mut codes: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     // destination cluster → (le in ms → cumulative count, sum, count)
     let mut durations: BTreeMap<String, (BTreeMap<u32, f64>, f64, f64)> = BTreeMap::new();
     for sample in source.lines().filter_map(parse_sample) {
@@ -277,6 +279,9 @@ fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
             "edgeplane_http_requests_total" if !cluster.is_empty() => {
                 *requests.entry(cluster).or_default().entry(sample.label("class").to_owned()).or_default() +=
                     sample.value;
+            }
+            "edgeplane_upstream_responses_total" => {
+                *codes.entry(cluster).or_default().entry(sample.label("code").to_owned()).or_default() += sample.value;
             }
             "edgeplane_upstream_connections_active" => *active.entry(cluster).or_default() += sample.value,
             "edgeplane_upstream_connect_errors_total" if sample.label("reason") == "timeout" => {
@@ -333,6 +338,38 @@ fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
                 escape(cluster)
             );
         }
+    }
+    // The per-code and completed families, as osm-edge's dashboards query
+    // them: by cluster only.
+    let _ = writeln!(out, "# TYPE sidecar_cluster_external_upstream_rq counter");
+    for (cluster, by_code) in &codes {
+        for (code, count) in by_code {
+            let _ = writeln!(
+                out,
+                "sidecar_cluster_external_upstream_rq{{sidecar_cluster_name=\"{}\",sidecar_response_code=\"{code}\"}} {count}",
+                escape(cluster)
+            );
+        }
+    }
+    let _ = writeln!(out, "# TYPE sidecar_cluster_external_upstream_rq_xx counter");
+    for (cluster, classes) in &requests {
+        for (class, count) in classes {
+            let Some(digit) = class.strip_suffix("xx") else { continue };
+            let _ = writeln!(
+                out,
+                "sidecar_cluster_external_upstream_rq_xx{{sidecar_cluster_name=\"{}\",sidecar_response_code_class=\"{digit}\"}} {count}",
+                escape(cluster)
+            );
+        }
+    }
+    let _ = writeln!(out, "# TYPE sidecar_cluster_external_upstream_rq_completed counter");
+    for (cluster, classes) in &requests {
+        let total: f64 = classes.values().sum();
+        let _ = writeln!(
+            out,
+            "sidecar_cluster_external_upstream_rq_completed{{sidecar_cluster_name=\"{}\"}} {total}",
+            escape(cluster)
+        );
     }
     for (family, kind, values) in [
         ("sidecar_cluster_upstream_cx_active", "gauge", &active),
