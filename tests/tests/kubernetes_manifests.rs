@@ -1799,3 +1799,48 @@ fn dockerfile_builds_both_images_for_targetarch() {
     failures.check(!file.text.contains("--platform=linux/amd64"), || "the Dockerfile pins linux/amd64".into());
     failures.finish("Dockerfile");
 }
+
+/// osm-edge's injector starts the sidecar as `pipy …`: the sidecar image
+/// has a `pipy` on its PATH, written by the build stage, that runs edgeplane
+/// with the same arguments. The script the Dockerfile writes is run here.
+#[test]
+fn the_sidecar_image_answers_to_pipy() {
+    let file = dockerfile();
+    let sidecar = file.stage("sidecar");
+    assert!(
+        sidecar.copies().iter().any(|(src, dst)| src == "/out/pipy" && dst == "/usr/local/bin/pipy"),
+        "the sidecar stage does not COPY /out/pipy to /usr/local/bin/pipy: {:?}",
+        sidecar.copies()
+    );
+    let build = file
+        .stages
+        .iter()
+        .flat_map(|s| s.all("RUN"))
+        .find(|r| r.contains("/out/pipy"))
+        .expect("a RUN writes /out/pipy");
+    let printf =
+        build.split("; ").find(|step| step.trim_start().starts_with("printf")).expect("printf writes the script");
+    // The step writes /out/pipy; here it writes into a temp dir.
+    let dir = tempfile::tempdir().unwrap();
+    let script_path = dir.path().join("pipy");
+    let command = printf.trim().replace("/out/pipy", &script_path.display().to_string());
+    let status = Command::new("sh").arg("-c").arg(&command).status().unwrap();
+    assert!(status.success(), "{command}");
+    let script = std::fs::read_to_string(&script_path).unwrap();
+    assert_eq!(script, "#!/bin/sh\nexec /usr/local/bin/edgeplane \"$@\"\n");
+    // With the binary where this test has it: arguments pass through.
+    let local = dir.path().join("pipy-local");
+    std::fs::write(&local, script.replace("/usr/local/bin/edgeplane", &edgeplane().display().to_string())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run(&local, &["--version".to_owned()], &[]);
+    assert!(
+        out.code == Some(0) && out.stdout.starts_with("edgeplane "),
+        "{:?} {} {}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    let out = run(&local, &["--admin-port=6060".to_owned()], &[]);
+    assert_ne!(out.code, Some(0), "the Pipy flags reach edgeplane, which wants a repo URL with them: {}", out.stderr);
+}
