@@ -472,6 +472,10 @@ pub struct ClusterMetrics {
     /// `edgeplane_upstream_responses_total{cluster, code}`: HTTP responses
     /// for the cluster's routes by status code.
     pub responses: StatusCodes,
+    /// Tries that got no response head in time / whose stream or
+    /// connection failed before it.
+    pub timeouts: Counter,
+    pub resets: Counter,
 }
 
 /// Counts by HTTP status code (100-599). A class's hundred counters are
@@ -502,6 +506,16 @@ impl StatusCodes {
 }
 
 impl ClusterMetrics {
+    /// Counts a try that ended without a response head, by why.
+    pub fn try_failed(&self, error: &crate::error::ProxyError) {
+        use crate::error::ProxyError;
+        match error {
+            ProxyError::UpstreamTimeout => self.timeouts.inc(),
+            ProxyError::Upstream(_) | ProxyError::RefusedStream => self.resets.inc(),
+            _ => 0,
+        };
+    }
+
     pub fn connect_error(&self, reason: &'static str) {
         if let Some(index) = CONNECT_ERROR_REASONS.iter().position(|known| *known == reason) {
             self.connect_errors[index].inc();
@@ -606,6 +620,18 @@ impl prometheus_client::collector::Collector for ClusterCollector {
         family("upstream_retries", "Retries sent to a cluster.", MetricType::Counter, &|m, c, s| {
             one(m, c, &s.retries)
         })?;
+        family(
+            "upstream_timeouts",
+            "Tries to a cluster that got no response head in time (route or per-try timeout).",
+            MetricType::Counter,
+            &|m, c, s| one(m, c, &s.timeouts),
+        )?;
+        family(
+            "upstream_resets",
+            "Tries to a cluster whose connection or stream failed before the response head.",
+            MetricType::Counter,
+            &|m, c, s| one(m, c, &s.resets),
+        )?;
         family(
             "upstream_responses",
             "HTTP responses on a cluster's routes, by status code (codes seen so far).",

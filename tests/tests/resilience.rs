@@ -591,6 +591,44 @@ async fn per_try_timeout_retries_a_hung_try() {
         assert_eq!(up.requests(), 6);
         assert!(elapsed >= Duration::from_millis(400), "two tries of 200ms took {elapsed:?}");
         up.release_hung();
+        // Counted per cluster: each timed-out try (HTTP/1 and HTTP/2 paths), and the answers by code.
+        let app = [("cluster", "app")];
+        assert_eq!(proxy.metric("edgeplane_upstream_timeouts_total", &app).await, Some(4.0));
+        assert_eq!(proxy.metric("edgeplane_upstream_resets_total", &app).await, Some(0.0));
+        let code = |code| [("cluster", "app"), ("code", code)];
+        assert_eq!(proxy.metric("edgeplane_upstream_responses_total", &code("200")).await, Some(2.0));
+        assert_eq!(proxy.metric("edgeplane_upstream_responses_total", &code("504")).await, Some(1.0));
+    })
+    .await;
+}
+
+/// An upstream that reads the request and closes without an answer: a
+/// 502, counted as a reset of the cluster (osm-edge's `rq_rx_reset`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_hangs_up_before_answering_counts_as_a_reset() {
+    use tokio::io::AsyncReadExt;
+    guard(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                });
+            }
+        });
+        let proxy = TestProxy::start(&config(&["{ cluster: app }"], &cluster("app", &[ep(addr)], &[])));
+        let mut conn = Http1Conn::connect(proxy.addr("web")).await;
+        let res = conn.send(get("/")).await.expect("response");
+        assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+        let h2 = Http2Conn::connect(proxy.addr("web")).await;
+        assert_eq!(h2.send(get("/")).await.expect("response").status(), StatusCode::BAD_GATEWAY);
+        let app = [("cluster", "app")];
+        assert_eq!(proxy.metric("edgeplane_upstream_resets_total", &app).await, Some(2.0));
+        assert_eq!(proxy.metric("edgeplane_upstream_timeouts_total", &app).await, Some(0.0));
+        let code = [("cluster", "app"), ("code", "502")];
+        assert_eq!(proxy.metric("edgeplane_upstream_responses_total", &code).await, Some(2.0));
     })
     .await;
 }

@@ -852,6 +852,8 @@ async fn an_osm_edge_sidecar_config_from_a_pipy_repo_serves_the_pod() {
         "sidecar_response_code_class=\"4\"",
         "sidecar_cluster_upstream_cx_active{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\"}",
         "sidecar_cluster_upstream_rq_pending_overflow{",
+        "sidecar_cluster_upstream_rq_timeout{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\"} 0\n",
+        "sidecar_cluster_upstream_rq_rx_reset{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\"} 0\n",
         "sidecar_cluster_external_upstream_rq{sidecar_cluster_name=\"bookstore/bookstore-fragile|14001\",sidecar_response_code=\"500\"} 3\n",
         // (v1 left the config with the change to 0/100, and its per-code series with it.)
         "sidecar_cluster_external_upstream_rq{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\",sidecar_response_code=\"200\"}",

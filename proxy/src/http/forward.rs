@@ -213,6 +213,9 @@ pub async fn handle(
             Some(at) => tokio::time::timeout_at(at, exchange).await.unwrap_or(Err(ProxyError::UpstreamTimeout)),
             None => exchange.await,
         };
+        if let Err(error) = &result {
+            endpoint.metrics.try_failed(error);
+        }
         let failure = match result.as_ref().map_err(Failure::of) {
             Ok((response, _)) => Failure::Status(response.status().as_u16()),
             Err(Some(failure)) => failure,

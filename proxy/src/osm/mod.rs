@@ -268,7 +268,8 @@ fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
         table.config.clusters.iter().map(|c| (c.name.clone(), BTreeMap::new())).collect();
     let zeros: BTreeMap<String, f64> = table.config.clusters.iter().map(|c| (c.name.clone(), 0.0)).collect();
     let (mut active, mut connect_timeouts, mut overflow) = (zeros.clone(), zeros.clone(), zeros.clone());
-    let (mut retries, mut rx, mut tx) = (zeros.clone(), zeros.clone(), zeros);
+    let (mut retries, mut rx, mut tx) = (zeros.clone(), zeros.clone(), zeros.clone());
+    let (mut timeouts, mut resets) = (zeros.clone(), zeros);
     // cluster → status code → responses
     let mut codes: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     // destination cluster → (le in ms → cumulative count, sum, count)
@@ -289,6 +290,8 @@ fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
             }
             "edgeplane_upstream_overflow_total" => *overflow.entry(cluster).or_default() += sample.value,
             "edgeplane_upstream_retries_total" => *retries.entry(cluster).or_default() += sample.value,
+            "edgeplane_upstream_timeouts_total" => *timeouts.entry(cluster).or_default() += sample.value,
+            "edgeplane_upstream_resets_total" => *resets.entry(cluster).or_default() += sample.value,
             "edgeplane_tcp_bytes_total" => {
                 let map = if sample.label("direction") == "rx" { &mut rx } else { &mut tx };
                 *map.entry(cluster).or_default() += sample.value;
@@ -376,6 +379,8 @@ fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
         ("sidecar_cluster_upstream_cx_connect_timeout", "counter", &connect_timeouts),
         ("sidecar_cluster_upstream_rq_pending_overflow", "counter", &overflow),
         ("sidecar_cluster_upstream_rq_retry", "counter", &retries),
+        ("sidecar_cluster_upstream_rq_timeout", "counter", &timeouts),
+        ("sidecar_cluster_upstream_rq_rx_reset", "counter", &resets),
         ("sidecar_cluster_upstream_cx_rx_bytes_total", "counter", &rx),
         ("sidecar_cluster_upstream_cx_tx_bytes_total", "counter", &tx),
     ] {

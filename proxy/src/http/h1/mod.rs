@@ -357,6 +357,9 @@ impl Connection {
                     .unwrap_or(Err(ExchangeError::BeforeResponse(ProxyError::UpstreamTimeout))),
                 None => head.await,
             };
+            if let Err(ExchangeError::BeforeResponse(error)) = &result {
+                endpoint.metrics.try_failed(error);
+            }
             let (failure, outcome) = match &result {
                 Ok((_, response, _)) => (Failure::Status(response.status), TryOutcome::Response(response.status)),
                 Err(ExchangeError::BeforeResponse(error)) => match Failure::of(error) {
