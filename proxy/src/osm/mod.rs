@@ -322,59 +322,31 @@ fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
         escape(&pod.pod)
     );
     let _ = writeln!(out, "# TYPE sidecar_server_live gauge\nsidecar_server_live 1");
-    let _ = writeln!(out, "# TYPE sidecar_cluster_upstream_rq_total counter");
-    for (cluster, classes) in &requests {
-        let total: f64 = classes.values().sum();
-        let _ = writeln!(
-            out,
-            "sidecar_cluster_upstream_rq_total{{{source_labels},sidecar_cluster_name=\"{}\"}} {total}",
-            escape(cluster)
-        );
-    }
-    let _ = writeln!(out, "# TYPE sidecar_cluster_upstream_rq_xx counter");
-    for (cluster, classes) in &requests {
-        for (class, count) in classes {
-            let Some(digit) = class.strip_suffix("xx") else { continue };
-            let _ = writeln!(
-                out,
-                "sidecar_cluster_upstream_rq_xx{{{source_labels},sidecar_cluster_name=\"{}\",sidecar_response_code_class=\"{digit}\"}} {count}",
-                escape(cluster)
-            );
-        }
-    }
+    let cluster_label = |cluster: &str| format!("sidecar_cluster_name=\"{}\"", escape(cluster));
+    let totals = || requests.iter().map(move |(cluster, classes)| (cluster_label(cluster), classes.values().sum()));
+    let by_class = |prefix: String| {
+        requests.iter().flat_map(move |(cluster, classes)| {
+            let prefix = prefix.clone();
+            classes.iter().filter_map(move |(class, count)| {
+                let digit = class.strip_suffix("xx")?;
+                Some((format!("{prefix}{},sidecar_response_code_class=\"{digit}\"", cluster_label(cluster)), *count))
+            })
+        })
+    };
+    let with_source = |(labels, value): (String, f64)| (format!("{source_labels},{labels}"), value);
+    family(&mut out, "sidecar_cluster_upstream_rq_total", "counter", totals().map(with_source));
+    family(&mut out, "sidecar_cluster_upstream_rq_xx", "counter", by_class(format!("{source_labels},")));
     // The per-code and completed families, as osm-edge's dashboards query
     // them: by cluster only.
-    let _ = writeln!(out, "# TYPE sidecar_cluster_external_upstream_rq counter");
-    for (cluster, by_code) in &codes {
-        for (code, count) in by_code {
-            let _ = writeln!(
-                out,
-                "sidecar_cluster_external_upstream_rq{{sidecar_cluster_name=\"{}\",sidecar_response_code=\"{code}\"}} {count}",
-                escape(cluster)
-            );
-        }
-    }
-    let _ = writeln!(out, "# TYPE sidecar_cluster_external_upstream_rq_xx counter");
-    for (cluster, classes) in &requests {
-        for (class, count) in classes {
-            let Some(digit) = class.strip_suffix("xx") else { continue };
-            let _ = writeln!(
-                out,
-                "sidecar_cluster_external_upstream_rq_xx{{sidecar_cluster_name=\"{}\",sidecar_response_code_class=\"{digit}\"}} {count}",
-                escape(cluster)
-            );
-        }
-    }
-    let _ = writeln!(out, "# TYPE sidecar_cluster_external_upstream_rq_completed counter");
-    for (cluster, classes) in &requests {
-        let total: f64 = classes.values().sum();
-        let _ = writeln!(
-            out,
-            "sidecar_cluster_external_upstream_rq_completed{{sidecar_cluster_name=\"{}\"}} {total}",
-            escape(cluster)
-        );
-    }
-    for (family, kind, values) in [
+    let by_code = codes.iter().flat_map(|(cluster, by_code)| {
+        by_code
+            .iter()
+            .map(move |(code, count)| (format!("{},sidecar_response_code=\"{code}\"", cluster_label(cluster)), *count))
+    });
+    family(&mut out, "sidecar_cluster_external_upstream_rq", "counter", by_code);
+    family(&mut out, "sidecar_cluster_external_upstream_rq_xx", "counter", by_class(String::new()));
+    family(&mut out, "sidecar_cluster_external_upstream_rq_completed", "counter", totals());
+    for (name, kind, values) in [
         ("sidecar_cluster_upstream_cx_active", "gauge", &active),
         ("sidecar_cluster_upstream_cx_connect_timeout", "counter", &connect_timeouts),
         ("sidecar_cluster_upstream_rq_pending_overflow", "counter", &overflow),
@@ -384,10 +356,7 @@ fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
         ("sidecar_cluster_upstream_cx_rx_bytes_total", "counter", &rx),
         ("sidecar_cluster_upstream_cx_tx_bytes_total", "counter", &tx),
     ] {
-        let _ = writeln!(out, "# TYPE {family} {kind}");
-        for (cluster, value) in values {
-            let _ = writeln!(out, "{family}{{sidecar_cluster_name=\"{}\"}} {value}", escape(cluster));
-        }
+        family(&mut out, name, kind, values.iter().map(|(cluster, value)| (cluster_label(cluster), *value)));
     }
     let _ = writeln!(out, "# TYPE osm_request_duration_ms histogram");
     for (cluster, (buckets, sum, count)) in &durations {
@@ -410,6 +379,14 @@ fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
         let _ = writeln!(out, "osm_request_duration_ms_count{{{labels}}} {count}");
     }
     out
+}
+
+/// A family's `# TYPE` line and one sample per (labels, value).
+fn family(out: &mut String, name: &str, kind: &str, samples: impl IntoIterator<Item = (String, f64)>) {
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
 }
 
 fn escape(value: &str) -> String {
