@@ -983,15 +983,28 @@ async fn two_osm_edge_sidecars_carry_bookbuyer_to_bookstore_over_mtls() {
     assert_eq!((code, body), ("403", "Access denied"), "{}", bookstore.log());
 
     // A new bookbuyer config (new ETag): everything to v2, no failed request.
+    // Polls are 5 s ± 10% apart: the change shows at the next one, well
+    // before a second poll could have come (9 s).
     bookbuyer.publish(&bookbuyer_conf(&t, "2", &ca, &buyer, 0, 100));
     let started = std::time::Instant::now();
+    // (Ten v2 answers in a row by chance under 80/20: 1 in 10^7.)
+    let mut streak_started = started.elapsed();
     let mut consecutive_v2 = 0;
     while consecutive_v2 < 10 {
         assert!(started.elapsed() < std::time::Duration::from_secs(20), "not applied in 20 s:\n{}", bookbuyer.log());
+        let sent = started.elapsed();
         let (status, body) = curl_status(&t, &t.app, &[&books]).await;
         assert_eq!(status, 200, "a request failed during the change: {body}");
-        consecutive_v2 = if upstream(&body) == "v2" { consecutive_v2 + 1 } else { 0 };
+        if upstream(&body) != "v2" {
+            consecutive_v2 = 0;
+        } else {
+            if consecutive_v2 == 0 {
+                streak_started = sent;
+            }
+            consecutive_v2 += 1;
+        }
     }
+    assert!(streak_started < std::time::Duration::from_secs(9), "applied after {streak_started:?}: more than one poll");
 }
 
 fn certificate(ca: &edgeplane_tests::pki::Ca, issued: &edgeplane_tests::pki::Issued, cn: &str) -> serde_json::Value {
