@@ -220,6 +220,8 @@ fn multicluster_egress_and_unsupported_fields() {
         "Outbound.TrafficMatches.443[0].ServerNames",
         "Endpoints.192.168.10.5:30001: multicluster Key/Path",
         "Spec.Probes.ExecProbes: unknown field",
+        "Spec.LocalDNSProxy: the local DNS proxy is not supported",
+        "Outbound.ClustersConfigs.httpbin.org:80.SourceCert: egress TLS origination is not supported",
         "Spec.Probes.ReadinessProbes[0].httpGet.port: not a port number",
     ] {
         assert!(warnings.contains(expected), "{expected:?} missing from\n{warnings}");

@@ -932,6 +932,22 @@ async fn two_osm_edge_sidecars_carry_bookbuyer_to_bookstore_over_mtls() {
     }
     assert!((60..=96).contains(&v1), "{v1} of 100 to v1 with an 80/20 split");
 
+    // B3 trace headers pass through both sidecars as the app sent them.
+    let b3 = [
+        ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+        ("x-b3-spanid", "e457b5a2e4d86bd1"),
+        ("x-b3-parentspanid", "05e3ac9a4f6e3b90"),
+        ("x-b3-sampled", "1"),
+    ];
+    let headers: Vec<String> = b3.iter().map(|(name, value)| format!("{name}: {value}")).collect();
+    let mut args: Vec<&str> = headers.iter().flat_map(|h| ["-H", h.as_str()]).collect();
+    args.push(&books);
+    let (status, body) = curl_status(&t, &t.app, &args).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{status} {body}"));
+    for (name, value) in b3 {
+        assert_eq!(json["headers"][name], value, "{body}");
+    }
+
     // bookstore's local rate limit on /limited (all of it to v1).
     let limited = format!("http://{}:14001/limited", t.v4(2));
     let mut statuses = Vec::new();
