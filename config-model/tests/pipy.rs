@@ -271,6 +271,8 @@ fn probes_without_a_target_go_to_the_app_port() {
     let text = json!({
         "Spec": { "Probes": {
             "LivenessProbes": [{ "httpGet": { "port": 15901, "scheme": "HTTP", "path": "/osm-liveness-probe" } }],
+            "StartupProbes": [{ "httpGet": { "port": 15903, "scheme": "HTTP",
+                                "httpHeaders": [{ "name": "original-http-path", "value": "started?full=1" }] } }],
             "ReadinessProbes": [{ "httpGet": { "port": 15902, "scheme": "HTTP",
                                   "httpHeaders": [{ "name": "Original-Http-Port", "value": "http" }] } }],
         } },
@@ -289,9 +291,9 @@ fn probes_without_a_target_go_to_the_app_port() {
         Probes {
             liveness: ProbeTarget::Http { target: app, path: "/".into() },
             readiness: ProbeTarget::Http { target: app, path: "/".into() },
-            startup: ProbeTarget::Tcp { target: app },
+            startup: ProbeTarget::Http { target: app, path: "/started?full=1".into() },
         },
-        "ports in numeric order; the last open to every source"
+        "ports in numeric order; the last open to every source; a path gets its leading slash"
     );
     assert!(
         translation

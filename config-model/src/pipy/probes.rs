@@ -88,7 +88,7 @@ fn resolve_one(
         }
         // The app's own probe, not yet rewritten: send it where it points.
         return match scheme.as_str() {
-            "HTTP" => ProbeTarget::Http { target: loopback(port), path: probe_path.unwrap_or("/").to_owned() },
+            "HTTP" => ProbeTarget::Http { target: loopback(port), path: origin_form(probe_path.unwrap_or("/")) },
             _ => ProbeTarget::Tcp { target: loopback(port) },
         };
     }
@@ -124,7 +124,7 @@ fn rewritten(get: &Value, scheme: &str, app: Option<u16>, path: &str, warn: &mut
         } else if name.eq_ignore_ascii_case("Original-Tcp-Port") {
             health_check = true;
         } else if name.eq_ignore_ascii_case("Original-Http-Path") {
-            request_path = Some(value.to_owned()).filter(|p| !p.is_empty());
+            request_path = Some(origin_form(value)).filter(|p| !p.is_empty());
         }
     }
     if health_check {
@@ -141,6 +141,17 @@ fn rewritten(get: &Value, scheme: &str, app: Option<u16>, path: &str, warn: &mut
     match scheme {
         "HTTP" => ProbeTarget::Http { target, path: request_path.unwrap_or_else(|| "/".to_owned()) },
         _ => ProbeTarget::Tcp { target },
+    }
+}
+
+/// A probe path as a request target: the kubelet asks for `/<path>` when
+/// the path lacks its leading slash.
+fn origin_form(path: &str) -> String {
+    let path = path.trim();
+    match path {
+        "" => String::new(),
+        _ if path.starts_with('/') => path.to_owned(),
+        _ => format!("/{path}"),
     }
 }
 

@@ -68,7 +68,9 @@ async fn handle(stream: TcpStream, target: ProbeTarget) {
         ProbeTarget::Refuse => reset(stream),
         ProbeTarget::Tcp { target } => relay(stream, target).await,
         ProbeTarget::Http { target, path } => {
-            let path: Option<Uri> = path.parse().ok().filter(|uri: &Uri| uri.scheme().is_none());
+            // Origin form only (`/path?query`): never a scheme or an authority.
+            let path: Option<Uri> =
+                path.parse().ok().filter(|uri: &Uri| uri.scheme().is_none() && uri.authority().is_none());
             let service = service_fn(move |request| {
                 let path = path.clone();
                 async move { Ok::<_, Infallible>(forward(request, target, path).await) }
