@@ -438,7 +438,13 @@ impl Syncer {
             uuid: &self.instance,
             name: &self.host_name,
             ip: self.pod_ip.as_deref(),
-            state: if error.is_some() { "rejected" } else { "applied" },
+            // A heartbeat after a rejection still says so: the control
+            // plane's latest version is not the one running.
+            state: if error.is_some() || (attempted.is_none() && progress.rejected.is_some()) {
+                "rejected"
+            } else {
+                "applied"
+            },
             version: progress.live.as_ref().map(|live| live.version.as_str()),
             origin: progress.live.as_ref().map(|live| live.origin),
             attempted,

@@ -245,6 +245,38 @@ async fn a_pipy_repo_codebase_serves_the_config_through_its_manifest() {
     .await;
 }
 
+/// With `report_every_poll` (the Pipy form's setting) a report follows
+/// every poll, not only a change; after a rejection they keep saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_follow_every_poll_when_asked_and_keep_a_rejection_visible() {
+    guard(async {
+        let up = HttpUpstream::start("a", HttpProto::Http1).await;
+        let cp = Cp::start().await;
+        cp.write("c.yaml", &config(up.addr(), "v1"));
+        let state = tempfile::tempdir().unwrap();
+        let mut every_poll = settings(cp.url("c.yaml"), state.path());
+        every_poll.report_every_poll = true;
+        let proxy = TestProxy::start_control_plane(every_poll).await.unwrap();
+        let reports = || cp.status()["instances"]["sidecar-1"]["reports"].as_u64().unwrap_or(0);
+        eventually("a report per poll", APPLY_WITHIN * 5, || async { reports() >= 4 }).await;
+        let last = cp.last_report();
+        assert_eq!((last["state"].as_str(), last["uuid"].as_str()), (Some("applied"), Some("sidecar-1")), "{last}");
+        assert!(last["name"].as_str().is_some_and(|n| !n.is_empty()), "{last}");
+
+        cp.write("c.yaml", &config(up.addr(), "v2").replace("      - cluster: app\n", "      - cluster: nope\n"));
+        eventually("rejected", APPLY_WITHIN, || async {
+            cp_metric(&proxy, "edgeplane_controlplane_applies_total", "rejected").await == 1.0
+        })
+        .await;
+        let after_rejection = reports();
+        eventually("more reports", APPLY_WITHIN * 5, || async { reports() >= after_rejection + 3 }).await;
+        let last = cp.last_report();
+        assert_eq!(last["state"], "rejected", "a heartbeat after a rejection: {last}");
+        assert_eq!(served(proxy.addr("web")).await.unwrap(), "v1");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_configs_are_reported_and_never_apply_partly() {
     guard(async {
