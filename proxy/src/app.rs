@@ -176,7 +176,7 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
     let mut metrics = Metrics::new();
     // A proxy fed by a control plane starts with no listeners and is not
     // ready until its client has applied a config (or the persisted one).
-    let (text, config, syncer) = match &options.source {
+    let (text, parsed, syncer) = match &options.source {
         ConfigSource::File(path) => {
             let text = std::fs::read(path)
                 .map_err(|error| StartError::Config(vec![format!("cannot read {}: {error}", path.display())]))?;
@@ -193,7 +193,7 @@ pub fn start(options: Options) -> Result<ProxyHandle, StartError> {
             (Vec::new(), Parsed { config: empty, probes: Default::default() }, Some(syncer))
         }
     };
-    let Parsed { config, probes } = config;
+    let Parsed { config, probes } = parsed;
     let registry = Registry::default();
     let config = Arc::new(config);
     let table = compile(config.clone(), hash64(&text), 1, &registry, &metrics)
