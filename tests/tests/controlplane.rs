@@ -1202,6 +1202,22 @@ async fn the_probe_proxies_send_the_kubelets_probes_where_the_pipyconf_says() {
         assert_eq!(probe(health_check, "/osm-healthcheck", &[]).await.unwrap().0, 400);
         assert_eq!(probe(health_check, "/", &[("Original-Tcp-Port", "http")]).await.unwrap().0, 400);
 
+        // The probe ports are open to the pod's network: 64 connections
+        // each, the next one reset; free again once they close.
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            held.push(tokio::net::TcpStream::connect(health_check).await.unwrap());
+        }
+        eventually("the 65th refused", PIPY_APPLY_WITHIN, || async {
+            probe(health_check, "/osm-healthcheck", &header).await.is_none()
+        })
+        .await;
+        drop(held);
+        eventually("served again", PIPY_APPLY_WITHIN, || async {
+            probe(health_check, "/osm-healthcheck", &header).await.is_some_and(|(status, _)| status == 200)
+        })
+        .await;
+
         // A new PipyConf moves the liveness probe; an app that stops
         // answering fails it (502) instead of hanging the kubelet.
         repo.serve("2", gzip(&probes_only_conf("2", app_port, "/alive")));

@@ -19,7 +19,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::text;
@@ -33,6 +33,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The header the injector puts on TCP (and HTTPS) probes.
 const ORIGINAL_TCP_PORT: &str = "original-tcp-port";
+/// The probe ports are open to the pod's network, not just the kubelet: a
+/// bound on the connections each holds, on the wait for a request head and
+/// on a relayed connection's life keeps a flood from piling up tasks. The
+/// kubelet opens one connection per probe and closes it.
+const MAX_CONNECTIONS: usize = 64;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const RELAY_LIMIT: Duration = Duration::from_secs(60);
 
 /// Which of osm-edge's probe ports a listener is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,9 +52,14 @@ pub enum ProbePort {
 }
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, port: ProbePort) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            reset(stream);
             continue;
         };
         let target = {
@@ -59,8 +71,17 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, port: Prob
                 ProbePort::HealthCheck => ProbeTarget::HealthCheck,
             }
         };
-        tokio::spawn(handle(stream, target));
+        tokio::spawn(async move {
+            handle(stream, target).await;
+            drop(slot);
+        });
     }
+}
+
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
+    builder
 }
 
 async fn handle(stream: TcpStream, target: ProbeTarget) {
@@ -75,11 +96,11 @@ async fn handle(stream: TcpStream, target: ProbeTarget) {
                 let path = path.clone();
                 async move { Ok::<_, Infallible>(forward(request, target, path).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1().serve_connection(TokioIo::new(stream), service).await;
         }
         ProbeTarget::HealthCheck => {
             let service = service_fn(|request| async move { Ok::<_, Infallible>(health_check(&request).await) });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1().serve_connection(TokioIo::new(stream), service).await;
         }
     }
 }
@@ -94,7 +115,7 @@ fn reset(stream: TcpStream) {
 async fn relay(mut stream: TcpStream, target: SocketAddr) {
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(mut app)) => {
-            let _ = tokio::io::copy_bidirectional(&mut stream, &mut app).await;
+            let _ = tokio::time::timeout(RELAY_LIMIT, tokio::io::copy_bidirectional(&mut stream, &mut app)).await;
         }
         _ => reset(stream),
     }
