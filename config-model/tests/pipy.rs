@@ -259,6 +259,14 @@ fn empty_and_bad_documents() {
         let error = translate(text, &SidecarContext::default()).err().unwrap_or_else(|| panic!("{text} translated"));
         assert!(error.to_string().contains(at), "{text}: {error}");
     }
+    // Probes of the wrong shape: reported, and the probes refused, never a panic.
+    for probes in [r#""yes""#, "[1]", r#"{"LivenessProbes": "x"}"#, r#"{"LivenessProbes": [{"httpGet": 5}]}"#] {
+        let text = format!(r#"{{"Spec": {{"Probes": {probes}}}}}"#);
+        let translation = translate(&text, &SidecarContext::default()).unwrap();
+        assert_eq!(translation.probes, Probes::default(), "{probes}");
+    }
+    let odd = translate(r#"{"Spec": {"Probes": [1]}}"#, &SidecarContext::default()).unwrap();
+    assert!(odd.warnings.iter().any(|w| w == "Spec.Probes: not an object; ignored"), "{:?}", odd.warnings);
     assert!(config_model::pipy::looks_like_pipyconf(r#"{"Spec": {}, "Version": "3"}"#));
     assert!(!config_model::pipy::looks_like_pipyconf(r#"{"listeners": []}"#));
     assert_eq!(config_model::Format::Json.sniff(r#"{"Inbound": null}"#), config_model::Format::PipyConf);

@@ -26,6 +26,9 @@ pub const STARTUP_PORT: u16 = 15903;
 pub(super) fn resolve(probes: Option<&Value>, inbound: Option<&Inbound>, warn: &mut dyn FnMut(String)) -> Probes {
     let app = app_port(inbound);
     const KINDS: [&str; 3] = ["LivenessProbes", "ReadinessProbes", "StartupProbes"];
+    if probes.is_some_and(|p| !p.is_object() && !p.is_null()) {
+        warn("Spec.Probes: not an object; ignored".into());
+    }
     for key in probes.and_then(Value::as_object).into_iter().flat_map(|o| o.keys()) {
         if !KINDS.contains(&key.as_str()) {
             warn(format!("Spec.Probes.{key}: unknown field, ignored"));
