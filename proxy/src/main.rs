@@ -128,13 +128,7 @@ fn main() -> ExitCode {
         let admin = SocketAddr::from(([127, 0, 0, 1], cli.admin_port.unwrap_or(PIPY_ADMIN_PORT)));
         let source = match pipy_source(repo) {
             Ok(source) => source,
-            Err(errors) => {
-                eprintln!("edgeplane: invalid repo URL:");
-                for error in errors {
-                    eprintln!("  {error}");
-                }
-                return ExitCode::FAILURE;
-            }
+            Err(errors) => return report_errors("edgeplane: invalid repo URL:", &errors),
         };
         let osm = match edgeplane::osm::OsmPorts::from_env(|name| std::env::var(name).ok()) {
             Ok(ports) => ports,
@@ -197,25 +191,13 @@ fn main() -> ExitCode {
                     println!("{}: ok", path.display());
                     ExitCode::SUCCESS
                 }
-                Err(errors) => {
-                    eprintln!("{}: {} error(s)", path.display(), errors.len());
-                    for error in errors {
-                        eprintln!("  {error}");
-                    }
-                    ExitCode::FAILURE
-                }
+                Err(errors) => report_errors(format!("{}: {} error(s)", path.display(), errors.len()), &errors),
             }
         }
         Command::Run { config, control_plane, bootstrap, persist, workers, admin, no_watch, shared_runtime } => {
             let (source, admin) = match config_source(config, control_plane, bootstrap, persist, admin) {
                 Ok(chosen) => chosen,
-                Err(errors) => {
-                    eprintln!("edgeplane: invalid bootstrap:");
-                    for error in errors {
-                        eprintln!("  {error}");
-                    }
-                    return ExitCode::FAILURE;
-                }
+                Err(errors) => return report_errors("edgeplane: invalid bootstrap:", &errors),
             };
             let options = edgeplane::Options {
                 source,
@@ -270,6 +252,15 @@ fn pipy_level(level: &str) -> &str {
     } else {
         level
     }
+}
+
+/// Prints `heading` and the errors under it; the exit code of a failure.
+fn report_errors(heading: impl std::fmt::Display, errors: &[impl std::fmt::Display]) -> ExitCode {
+    eprintln!("{heading}");
+    for error in errors {
+        eprintln!("  {error}");
+    }
+    ExitCode::FAILURE
 }
 
 /// The control plane of the Pipy form: the repo, polled with HEAD every 5 s

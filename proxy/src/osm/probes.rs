@@ -22,7 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::text;
+use crate::admin::text;
 use crate::state::Shared;
 
 /// How long a probe may wait to connect to the app: on loopback a connect
