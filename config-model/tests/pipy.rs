@@ -81,7 +81,7 @@ fn bookstore_inbound() {
     let open = route(inbound, &format!("{service}/0"));
     assert!(open["match"].get("path").is_none(), "`.*` matches every path");
     assert_eq!(open["match"]["method"], json!(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]));
-    assert_eq!(open["rate_limit"]["requests"], 100, "the per-service limit where the rule has none");
+    assert!(open.get("rate_limit").is_none(), "the rule has no limit of its own");
     let ranges = route(inbound, &format!("{service}/0/ranges"));
     assert_eq!(ranges["match"]["source"]["addresses"], json!(["10.10.0.0/16"]));
 
@@ -97,6 +97,9 @@ fn bookstore_inbound() {
 
     let app = cluster(&config, "bookstore/bookstore|14001|local");
     assert_eq!(app["endpoints"], json!([{ "address": "127.0.0.1:14001", "weight": 100, "priority": 0 }]));
+    // The service's limit is one bucket for all its rules (and for pods and
+    // ranges alike): its local cluster's; the rules' own limits apply on top.
+    assert_eq!(app["rate_limit"]["requests"], 100, "the per-service limit on the service's cluster");
     assert!(app.get("tls").is_none(), "the local app is plaintext");
     assert!(translation.warnings.is_empty(), "{:?}", translation.warnings);
     assert_eq!(
@@ -311,4 +314,37 @@ fn probes_without_a_target_go_to_the_app_port() {
         "{:?}",
         translation.warnings
     );
+}
+
+/// Two services whose rules send to one local cluster: the cluster holds one
+/// service limit, and the other service's different limit is reported.
+#[test]
+fn a_cluster_shared_by_two_limited_services_keeps_one_limit_and_says_so() {
+    let limit = |requests: u32| json!({ "Local": { "Requests": requests, "StatTimeWindow": 1 } });
+    let service = |requests: u32| {
+        json!({
+            "RouteRules": [{ "Path": ".*", "Type": "Regex", "TargetClusters": { "ns/app|8080|local": 100 } }],
+            "RateLimit": limit(requests),
+        })
+    };
+    let text = json!({
+        "AllowedEndpoints": { "10.0.0.5": "client.ns" },
+        "Inbound": {
+            "TrafficMatches": { "8080": {
+                "Port": 8080, "Protocol": "http",
+                "HttpHostPort2Service": { "a": "a.ns.svc.cluster.local", "b": "b.ns.svc.cluster.local" },
+                "HttpServiceRouteRules": { "a.ns.svc.cluster.local": service(10), "b.ns.svc.cluster.local": service(20) },
+            } },
+            "ClustersConfigs": { "ns/app|8080|local": { "127.0.0.1:8080": 100 } },
+        },
+    })
+    .to_string();
+    let translation = translate(&text, &SidecarContext::default()).unwrap();
+    config_model::validate(&translation.config).unwrap();
+    let config = serde_json::to_value(&translation.config).unwrap();
+    assert_eq!(cluster(&config, "ns/app|8080|local")["rate_limit"]["requests"], 10);
+    let warned = translation.warnings.iter().any(|w| {
+        w.starts_with("Inbound.TrafficMatches.8080.HttpServiceRouteRules.b.ns.svc.cluster.local.RateLimit: cluster")
+    });
+    assert!(warned, "{:?}", translation.warnings);
 }

@@ -85,6 +85,11 @@ pub struct UpstreamStream {
     endpoint: Arc<EndpointState>,
     /// Requests started on this connection (for `max_requests_per_connection`).
     served: u32,
+    /// A request was started and its exchange has not ended cleanly.
+    mid_request: bool,
+    /// A read saw the end of the stream or an error, or a write failed: the
+    /// upstream closed its side.
+    peer_closed: bool,
 }
 
 impl UpstreamStream {
@@ -93,7 +98,7 @@ impl UpstreamStream {
         endpoint.cluster_state.connections.fetch_add(1, Ordering::Relaxed);
         endpoint.metrics.connections_active.inc();
         endpoint.metrics.connections_total.inc();
-        UpstreamStream { inner, endpoint, served: 0 }
+        UpstreamStream { inner, endpoint, served: 0, mid_request: false, peer_closed: false }
     }
 
     pub fn io_mut(&mut self) -> &mut UpstreamIo {
@@ -103,6 +108,14 @@ impl UpstreamStream {
     /// Counts a request started on this connection.
     pub fn start_request(&mut self) {
         self.served = self.served.saturating_add(1);
+        self.mid_request = true;
+    }
+
+    /// The exchange ended cleanly (the response was read to its end, even
+    /// when the end was the upstream closing): dropping the connection now
+    /// cuts no request.
+    pub fn finish_request(&mut self) {
+        self.mid_request = false;
     }
 
     /// Whether the cluster lets this connection serve another request.
@@ -113,6 +126,9 @@ impl UpstreamStream {
 
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
+        if self.mid_request {
+            self.endpoint.metrics.closed_mid_request(self.peer_closed);
+        }
         self.endpoint.connections.fetch_sub(1, Ordering::Relaxed);
         self.endpoint.cluster_state.connections.fetch_sub(1, Ordering::Relaxed);
         self.endpoint.metrics.connections_active.dec();
@@ -121,12 +137,50 @@ impl Drop for UpstreamStream {
 
 impl AsyncRead for UpstreamStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let room = buf.remaining();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &result {
+            Poll::Ready(Ok(())) if room > 0 && buf.filled().len() == before => self.peer_closed = true,
+            Poll::Ready(Err(_)) => self.peer_closed = true,
+            _ => {}
+        }
+        result
     }
 }
 
 impl AsyncWrite for UpstreamStream {
-    write_through_inner!();
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Err(_))) {
+            self.peer_closed = true;
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Err(_))) {
+            self.peer_closed = true;
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Counts the bytes read from and written to a client connection into the

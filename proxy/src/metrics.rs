@@ -135,6 +135,17 @@ pub struct ConnectErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimiterLabels {
+    pub limiter: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedByLabels {
+    pub cluster: Name,
+    pub by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
     pub cluster: Name,
     pub code: u16,
@@ -274,6 +285,7 @@ pub struct Metrics {
     pub tls_cert_expiry: Family<CertLabels, Gauge>,
     pub tls_rotations: Family<ReloadLabels, Counter>,
     pub access_denied: Family<LocalReplyLabels, Counter>,
+    pub rate_limited: Family<LimiterLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_generation: Gauge,
     pub config_last_success: Gauge,
@@ -314,6 +326,7 @@ impl Metrics {
             tls_cert_expiry: Family::default(),
             tls_rotations: Family::default(),
             access_denied: Family::default(),
+            rate_limited: Family::default(),
             config_reloads: Family::default(),
             config_generation: Gauge::default(),
             config_last_success: Gauge::default(),
@@ -369,6 +382,12 @@ impl Metrics {
             "tls_rotations",
             "Certificate reloads after their files changed, by result (applied or rejected)",
             metrics.tls_rotations.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests and connections refused by a local rate limit, by limiter (listener/<name>, \
+             route/<listener>/<route>, cluster/<name>, listener/<name>/connections)",
+            metrics.rate_limited.clone(),
         );
         registry.register(
             "access_denied",
@@ -476,7 +495,19 @@ pub struct ClusterMetrics {
     /// connection failed before it.
     pub timeouts: Counter,
     pub resets: Counter,
+    /// Tries edgeplane gave up before the response head: a timeout fired or
+    /// the client went away (Envoy's `upstream_rq_tx_reset`).
+    pub cancelled: Counter,
+    /// Tries that failed because their connection could not be made
+    /// (Envoy's `upstream_rq_pending_failure_eject`).
+    pub connect_failed: Counter,
+    /// Connections closed while a request was on them, in
+    /// [`CLOSED_BY`] order (Envoy's `upstream_cx_destroy_{local,remote}_with_active_rq`).
+    pub closed_mid_request: [Counter; 2],
 }
+
+/// `by` label values of `edgeplane_upstream_connections_closed_mid_request_total`.
+pub const CLOSED_BY: [&str; 2] = ["local", "remote"];
 
 /// Counts by HTTP status code (100-599). A class's hundred counters are
 /// allocated at its first response, so a cluster pays for the classes it
@@ -510,15 +541,50 @@ impl ClusterMetrics {
     pub fn try_failed(&self, error: &crate::error::ProxyError) {
         use crate::error::ProxyError;
         match error {
-            ProxyError::UpstreamTimeout => self.timeouts.inc(),
+            ProxyError::UpstreamTimeout => {
+                self.cancelled.inc();
+                self.timeouts.inc()
+            }
             ProxyError::Upstream(_) | ProxyError::RefusedStream => self.resets.inc(),
+            ProxyError::Connect(error) if !matches!(error, crate::error::ConnectError::Overloaded(_)) => {
+                self.connect_failed.inc()
+            }
             _ => 0,
         };
+    }
+
+    /// Counts a connection that ended with a request on it.
+    pub fn closed_mid_request(&self, by_remote: bool) {
+        self.closed_mid_request[usize::from(by_remote)].inc();
+    }
+
+    /// Counts a try abandoned when the future driving it is dropped before
+    /// [`TryWatch::settled`] (the client went away).
+    pub fn watch_try(&self) -> TryWatch<'_> {
+        TryWatch(Some(self))
     }
 
     pub fn connect_error(&self, reason: &'static str) {
         if let Some(index) = CONNECT_ERROR_REASONS.iter().position(|known| *known == reason) {
             self.connect_errors[index].inc();
+        }
+    }
+}
+
+/// See [`ClusterMetrics::watch_try`].
+pub struct TryWatch<'a>(Option<&'a ClusterMetrics>);
+
+impl TryWatch<'_> {
+    /// The try ended one way or another while someone was waiting for it.
+    pub fn settled(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TryWatch<'_> {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0 {
+            metrics.cancelled.inc();
         }
     }
 }
@@ -631,6 +697,29 @@ impl prometheus_client::collector::Collector for ClusterCollector {
             "Tries to a cluster whose connection or stream failed before the response head.",
             MetricType::Counter,
             &|m, c, s| one(m, c, &s.resets),
+        )?;
+        family(
+            "upstream_cancelled",
+            "Tries to a cluster given up before the response head: a timeout fired or the client went away.",
+            MetricType::Counter,
+            &|m, c, s| one(m, c, &s.cancelled),
+        )?;
+        family(
+            "upstream_connect_failed_requests",
+            "Tries to a cluster that failed because no connection could be made.",
+            MetricType::Counter,
+            &|m, c, s| one(m, c, &s.connect_failed),
+        )?;
+        family(
+            "upstream_connections_closed_mid_request",
+            "Upstream connections that closed with a request on them, by the side that closed them.",
+            MetricType::Counter,
+            &|m, c, s| {
+                for (by, counter) in CLOSED_BY.iter().zip(&s.closed_mid_request) {
+                    counter.encode(m.encode_family(&ClosedByLabels { cluster: c.clone(), by })?)?;
+                }
+                Ok(())
+            },
         )?;
         family(
             "upstream_responses",

@@ -550,6 +550,9 @@ async fn connect_failures_are_retried_on_another_endpoint() {
         // Round robin sends every other try to the dead endpoint.
         assert!(refused.unwrap_or(0.0) >= 20.0, "refused connects: {refused:?}");
         assert_eq!(retries, refused, "every refused connect was retried");
+        // Each refused connect failed its try (osm-edge's `rq_pending_failure_eject`).
+        let failed = proxy.metric("edgeplane_upstream_connect_failed_requests_total", &[("cluster", "app")]).await;
+        assert_eq!(failed, refused);
     })
     .await;
 }
@@ -598,6 +601,12 @@ async fn per_try_timeout_retries_a_hung_try() {
         let code = |code| [("cluster", "app"), ("code", code)];
         assert_eq!(proxy.metric("edgeplane_upstream_responses_total", &code("200")).await, Some(2.0));
         assert_eq!(proxy.metric("edgeplane_upstream_responses_total", &code("504")).await, Some(1.0));
+        // A timed-out try is one edgeplane gave up (osm-edge's `rq_tx_reset`),
+        // and its HTTP/1 connection went with it, request and all.
+        assert_eq!(proxy.metric("edgeplane_upstream_cancelled_total", &app).await, Some(4.0));
+        const CLOSED: &str = "edgeplane_upstream_connections_closed_mid_request_total";
+        assert_eq!(proxy.metric(CLOSED, &[("cluster", "app"), ("by", "local")]).await, Some(4.0));
+        assert_eq!(proxy.metric(CLOSED, &[("cluster", "app"), ("by", "remote")]).await, Some(0.0));
     })
     .await;
 }
@@ -629,6 +638,95 @@ async fn an_upstream_that_hangs_up_before_answering_counts_as_a_reset() {
         assert_eq!(proxy.metric("edgeplane_upstream_timeouts_total", &app).await, Some(0.0));
         let code = [("cluster", "app"), ("code", "502")];
         assert_eq!(proxy.metric("edgeplane_upstream_responses_total", &code).await, Some(2.0));
+        let closed = [("cluster", "app"), ("by", "remote")];
+        assert_eq!(proxy.metric("edgeplane_upstream_connections_closed_mid_request_total", &closed).await, Some(2.0));
+        assert_eq!(proxy.metric("edgeplane_upstream_cancelled_total", &app).await, Some(0.0));
+    })
+    .await;
+}
+
+/// A client that leaves while its request waits for the upstream: the try
+/// is given up (osm-edge's `rq_tx_reset`), and an HTTP/1 upstream
+/// connection is closed under it (`cx_destroy_local_with_active_rq`); an
+/// HTTP/2 one only loses the stream. An upstream that dies under waiting
+/// requests is counted on its side (`cx_destroy_remote_with_active_rq`),
+/// whichever the protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_under_a_request_are_counted_by_the_side_that_cut_them() {
+    guard(async {
+        let h1_up = FaultyUpstream::start("h1").await;
+        let h2_up = FaultyUpstream::start("h2").await;
+        h1_up.set_mode(Mode::Hang);
+        h2_up.set_mode(Mode::Hang);
+        let clusters = format!(
+            "{}{}",
+            cluster("h1", &[ep(h1_up.addr())], &[]),
+            cluster("h2", &[ep(h2_up.addr())], &["protocol: http2"])
+        );
+        let routes = ["{ match: { path: { prefix: /h2 } }, cluster: h2 }", "{ cluster: h1 }"];
+        let proxy = TestProxy::start(&config(&routes, &clusters));
+        let addr = proxy.addr("web");
+        let metric = |name: &'static str, cluster: &'static str, by: Option<&'static str>| {
+            let proxy = &proxy;
+            async move {
+                let mut labels = vec![("cluster", cluster)];
+                labels.extend(by.map(|by| ("by", by)));
+                proxy.metric(name, &labels).await.unwrap_or(0.0)
+            }
+        };
+        const CANCELLED: &str = "edgeplane_upstream_cancelled_total";
+        const CLOSED: &str = "edgeplane_upstream_connections_closed_mid_request_total";
+
+        // HTTP/1 client (the fast path), then an HTTP/2 client (hyper's
+        // server), each leaving once the upstream holds its request.
+        for (round, path) in ["/h1-fast", "/h1-via-h2"].into_iter().enumerate() {
+            let client = if round == 0 {
+                let mut conn = Http1Conn::connect(addr).await;
+                tokio::spawn(async move { conn.send(get(path)).await.map(drop) })
+            } else {
+                let conn = Http2Conn::connect(addr).await;
+                tokio::spawn(async move { conn.send(get(path)).await.map(drop) })
+            };
+            h1_up.wait_for_requests(round + 1).await;
+            client.abort();
+            let _ = client.await;
+            let want = (round + 1) as f64;
+            eventually("the h1 try counted as given up", STATE_CHANGE, || async {
+                metric(CANCELLED, "h1", None).await == want && metric(CLOSED, "h1", Some("local")).await == want
+            })
+            .await;
+        }
+        // HTTP/2 upstream: the stream is reset, the connection stays.
+        let conn = Http2Conn::connect(addr).await;
+        let client = tokio::spawn(async move { conn.send(get("/h2")).await.map(drop) });
+        h2_up.wait_for_requests(1).await;
+        client.abort();
+        let _ = client.await;
+        eventually("the h2 try counted as given up", STATE_CHANGE, || async {
+            metric(CANCELLED, "h2", None).await == 1.0
+        })
+        .await;
+        assert_eq!(metric(CLOSED, "h2", Some("local")).await, 0.0);
+
+        // The upstreams die under waiting requests: 502s, counted on their side.
+        let mut h1_conn = Http1Conn::connect(addr).await;
+        let h1_waiting = tokio::spawn(async move { h1_conn.send(get("/h1")).await.map(|r| r.status()) });
+        let h2_conn = Http2Conn::connect(addr).await;
+        let h2_waiting = tokio::spawn(async move { h2_conn.send(get("/h2")).await.map(|r| r.status()) });
+        h1_up.wait_for_requests(3).await;
+        h2_up.wait_for_requests(2).await;
+        h1_up.die().await;
+        h2_up.die().await;
+        assert_eq!(h1_waiting.await.expect("h1 client").expect("h1 response"), StatusCode::BAD_GATEWAY);
+        assert_eq!(h2_waiting.await.expect("h2 client").expect("h2 response"), StatusCode::BAD_GATEWAY);
+        assert_eq!(metric(CLOSED, "h1", Some("remote")).await, 1.0);
+        eventually("the h2 connection counted as cut by the upstream", STATE_CHANGE, || async {
+            metric(CLOSED, "h2", Some("remote")).await == 1.0
+        })
+        .await;
+        assert_eq!(metric(CLOSED, "h1", Some("local")).await, 2.0);
+        assert_eq!(metric(CANCELLED, "h1", None).await, 2.0);
+        assert_eq!(metric(CANCELLED, "h2", None).await, 1.0);
     })
     .await;
 }

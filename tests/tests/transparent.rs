@@ -854,6 +854,13 @@ async fn an_osm_edge_sidecar_config_from_a_pipy_repo_serves_the_pod() {
         "sidecar_cluster_upstream_rq_pending_overflow{",
         "sidecar_cluster_upstream_rq_timeout{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\"} 0\n",
         "sidecar_cluster_upstream_rq_rx_reset{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\"} 0\n",
+        "sidecar_cluster_upstream_rq_tx_reset{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\"} 0\n",
+        "sidecar_cluster_upstream_rq_pending_failure_eject{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\"} 0\n",
+        "sidecar_cluster_upstream_cx_destroy_local_with_active_rq{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\"} 0\n",
+        "sidecar_cluster_upstream_cx_destroy_remote_with_active_rq{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\"} 0\n",
+        // The one 429 of `/limited`, a route's limit.
+        "http_local_rate_limiter{http_local_rate_limit=\"throttle-route\"} 1\n",
+        "http_local_rate_limiter{http_local_rate_limit=\"throttle-service\"} 0\n",
         "sidecar_cluster_external_upstream_rq{sidecar_cluster_name=\"bookstore/bookstore-fragile|14001\",sidecar_response_code=\"500\"} 3\n",
         // (v1 left the config with the change to 0/100, and its per-code series with it.)
         "sidecar_cluster_external_upstream_rq{sidecar_cluster_name=\"bookstore/bookstore-v2|14001\",sidecar_response_code=\"200\"}",
@@ -873,7 +880,10 @@ async fn an_osm_edge_sidecar_config_from_a_pipy_repo_serves_the_pod() {
     let dump = t.curl(&t.app, "http://127.0.0.1:15000/config_dump").await;
     assert!(dump.contains("bookstore/bookstore-v2|14001"), "{dump}");
     let stats = t.curl(&t.app, "http://127.0.0.1:15000/stats").await;
-    assert!(stats.lines().all(|l| l.contains("sidecar_cluster")) && !stats.is_empty(), "{stats}");
+    assert!(stats.contains("cluster.bookstore/bookstore-v2|14001.upstream_rq_retry: 0\n"), "{stats}");
+    assert!(stats.contains("http_local_rate_limiter.http_local_rate_limit.rate_limited: 1\n"), "{stats}");
+    let osm_stat = |l: &str| l.contains("sidecar_cluster") || l.starts_with("cluster.") || l.starts_with("http_local_");
+    assert!(stats.lines().all(osm_stat), "{stats}");
     let (status, body) = curl_status(&t, &t.app, &["http://127.0.0.1:15000/nothing"]).await;
     assert_eq!((status, body.as_str()), (404, "Not Found"));
     // Called at the pod's own address (not loopback): refused. (From other

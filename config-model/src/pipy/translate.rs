@@ -410,6 +410,9 @@ impl Translator<'_> {
                             let Some(split) = self.split(&rule_path, &rule.target_clusters, protocol) else {
                                 continue;
                             };
+                            if let Some(limit) = &service_limit {
+                                self.service_rate_limit(&rules_path, &split, limit);
+                            }
                             let mut base = self.rule_match(&rule_path, rule);
                             if let Some(services) = &rule.allowed_services {
                                 base.insert("headers".into(), merge_header(base.get("headers"), services));
@@ -420,8 +423,7 @@ impl Translator<'_> {
                             if let Some(timeout) = timeout {
                                 route.insert("timeout".into(), json!(timeout));
                             }
-                            let limit = self.http_rate_limit(&rule_path, rule.rate_limit.as_ref());
-                            if let Some(limit) = limit.or_else(|| service_limit.clone()) {
+                            if let Some(limit) = self.http_rate_limit(&rule_path, rule.rate_limit.as_ref()) {
                                 route.insert("rate_limit".into(), limit);
                             }
                             if !sources.is_empty() {
@@ -549,6 +551,23 @@ impl Translator<'_> {
         }
         if rules.egress_forward_gateway.as_ref().is_some_and(|p| !p.is_null()) {
             self.warn(format!("{path}.EgressForwardGateway: egress gateways are not supported"));
+        }
+    }
+
+    /// A service's limit, shared by all its rules as osm-edge's one bucket
+    /// per service: the `rate_limit` of the local clusters its rules send
+    /// to, which only that service's routes use. Route limits apply on top.
+    fn service_rate_limit(&mut self, service_path: &str, split: &[(String, u32)], limit: &Value) {
+        for (cluster, _) in split {
+            let Some(entry) = self.clusters.get_mut(cluster) else { continue };
+            match entry.get("rate_limit") {
+                None => entry["rate_limit"] = limit.clone(),
+                Some(existing) if existing == limit => {}
+                Some(_) => self.warn(format!(
+                    "{service_path}.RateLimit: cluster {cluster:?} also serves another service with its own \
+                     limit; that limit applies to both"
+                )),
+            }
         }
     }
 

@@ -209,10 +209,14 @@ pub async fn handle(
             Some(per_try) => Some(deadline.map_or(Instant::now() + per_try, |d| d.min(Instant::now() + per_try))),
             None => deadline,
         };
+        // hyper drops this future when the client goes away (a closed
+        // connection, an HTTP/2 reset): the watch counts that.
+        let watch = endpoint.metrics.watch_try();
         let result = match try_deadline {
             Some(at) => tokio::time::timeout_at(at, exchange).await.unwrap_or(Err(ProxyError::UpstreamTimeout)),
             None => exchange.await,
         };
+        watch.settled();
         if let Err(error) = &result {
             endpoint.metrics.try_failed(error);
         }

@@ -180,20 +180,7 @@ fn stats(
         }
         "/config_dump" => crate::admin::json_response(&*shared.table.load().config),
         "/certs" => crate::admin::json_response(&crate::admin::certs(shared)),
-        // As osm-edge's sidecar: its metric lines about clusters, retries and rate limits.
-        "/stats" | "/clusters" => {
-            let all = osm_metrics(shared, pod);
-            let body: String = all
-                .lines()
-                .filter(|line| !line.starts_with('#'))
-                .filter(|line| {
-                    line.contains("sidecar_cluster") || line.contains("_retry") || line.contains("rate_limit")
-                })
-                .filter(|line| path == "/stats" || !line.contains("_bucket"))
-                .flat_map(|line| [line, "\n"])
-                .collect();
-            text(StatusCode::OK, body)
-        }
+        "/stats" | "/clusters" => text(StatusCode::OK, stats_text(&osm_metrics(shared, pod), path == "/clusters")),
         _ => text(StatusCode::NOT_FOUND, "Not Found"),
     }
 }
@@ -209,6 +196,31 @@ impl Sample<'_> {
     fn label(&self, name: &str) -> &str {
         self.labels.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| v.as_str())
     }
+}
+
+/// osm-edge's `/stats` (and, without histogram buckets, `/clusters`): its
+/// metric lines about clusters, retries and rate limits, with retries and
+/// rate limits in the Envoy-style `key: value` form that `osm proxy get
+/// stats` users grep for (as `stats.js` rewrites them).
+fn stats_text(metrics: &str, clusters_only: bool) -> String {
+    let mut body = String::new();
+    let kept = metrics.lines().filter(|line| !line.starts_with('#')).filter(|line| {
+        (line.contains("sidecar_cluster") || line.contains("_retry") || line.contains("rate_limit"))
+            && !(clusters_only && line.contains("_bucket"))
+    });
+    for line in kept {
+        let sample = parse_sample(line);
+        let _ = match sample.as_ref().map(|s| (s.name, s)) {
+            Some(("sidecar_cluster_upstream_rq_retry", sample)) => {
+                writeln!(body, "cluster.{}.upstream_rq_retry: {}", sample.label("sidecar_cluster_name"), sample.value)
+            }
+            Some(("http_local_rate_limiter", sample)) => {
+                writeln!(body, "http_local_rate_limiter.http_local_rate_limit.rate_limited: {}", sample.value)
+            }
+            _ => writeln!(body, "{line}"),
+        };
+    }
+    body
 }
 
 /// `name{a="x",b="y"} 1` (label values with `\"`, `\\`, `\n` escapes).
@@ -254,20 +266,28 @@ const OSM_BUCKETS_MS: [u32; 17] =
 
 /// The osm-edge families, from the proxy's own series.
 fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
-    let source = shared.metrics.encode();
     let table = shared.table.load();
+    render(&shared.metrics.encode(), table.config.clusters.iter().map(|c| c.name.as_str()), pod)
+}
+
+/// The osm-edge families of `source` (edgeplane's exposition text), with a
+/// series for each of `clusters`.
+fn render<'a>(source: &str, clusters: impl Iterator<Item = &'a str>, pod: &PodLabels) -> String {
     // Every cluster of the config has its series, zero before traffic, as
     // osm-edge's sidecar sets them up at load.
+    let zeros: BTreeMap<String, f64> = clusters.map(|name| (name.to_owned(), 0.0)).collect();
     let mut requests: BTreeMap<String, BTreeMap<String, f64>> =
-        table.config.clusters.iter().map(|c| (c.name.clone(), BTreeMap::new())).collect();
-    let zeros: BTreeMap<String, f64> = table.config.clusters.iter().map(|c| (c.name.clone(), 0.0)).collect();
+        zeros.keys().map(|name| (name.clone(), BTreeMap::new())).collect();
     let (mut active, mut connect_timeouts, mut overflow) = (zeros.clone(), zeros.clone(), zeros.clone());
     let (mut retries, mut rx, mut tx) = (zeros.clone(), zeros.clone(), zeros.clone());
-    let (mut timeouts, mut resets) = (zeros.clone(), zeros);
+    let (mut timeouts, mut resets, mut cancelled) = (zeros.clone(), zeros.clone(), zeros.clone());
+    let (mut connect_failed, mut closed_local, mut closed_remote) = (zeros.clone(), zeros.clone(), zeros);
     // cluster → status code → responses
     let mut codes: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     // destination cluster → (le in ms → cumulative count, sum, count)
     let mut durations: BTreeMap<String, (BTreeMap<u32, f64>, f64, f64)> = BTreeMap::new();
+    // osm-edge's service and route throttles are clusters' and routes' limits here.
+    let (mut throttled_services, mut throttled_routes) = (0.0, 0.0);
     for sample in source.lines().filter_map(parse_sample) {
         let cluster = sample.label("cluster").to_owned();
         match sample.name {
@@ -286,6 +306,22 @@ fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
             "edgeplane_upstream_retries_total" => *retries.entry(cluster).or_default() += sample.value,
             "edgeplane_upstream_timeouts_total" => *timeouts.entry(cluster).or_default() += sample.value,
             "edgeplane_upstream_resets_total" => *resets.entry(cluster).or_default() += sample.value,
+            "edgeplane_upstream_cancelled_total" => *cancelled.entry(cluster).or_default() += sample.value,
+            "edgeplane_upstream_connect_failed_requests_total" => {
+                *connect_failed.entry(cluster).or_default() += sample.value;
+            }
+            "edgeplane_upstream_connections_closed_mid_request_total" => {
+                let map = if sample.label("by") == "remote" { &mut closed_remote } else { &mut closed_local };
+                *map.entry(cluster).or_default() += sample.value;
+            }
+            "edgeplane_rate_limited_total" => {
+                let limiter = sample.label("limiter");
+                if limiter.starts_with("cluster/") {
+                    throttled_services += sample.value;
+                } else if limiter.starts_with("route/") {
+                    throttled_routes += sample.value;
+                }
+            }
             "edgeplane_tcp_bytes_total" => {
                 let map = if sample.label("direction") == "rx" { &mut rx } else { &mut tx };
                 *map.entry(cluster).or_default() += sample.value;
@@ -347,11 +383,18 @@ fn osm_metrics(shared: &Shared, pod: &PodLabels) -> String {
         ("sidecar_cluster_upstream_rq_retry", "counter", &retries),
         ("sidecar_cluster_upstream_rq_timeout", "counter", &timeouts),
         ("sidecar_cluster_upstream_rq_rx_reset", "counter", &resets),
+        ("sidecar_cluster_upstream_rq_tx_reset", "counter", &cancelled),
+        ("sidecar_cluster_upstream_rq_pending_failure_eject", "counter", &connect_failed),
+        ("sidecar_cluster_upstream_cx_destroy_local_with_active_rq", "counter", &closed_local),
+        ("sidecar_cluster_upstream_cx_destroy_remote_with_active_rq", "counter", &closed_remote),
         ("sidecar_cluster_upstream_cx_rx_bytes_total", "counter", &rx),
         ("sidecar_cluster_upstream_cx_tx_bytes_total", "counter", &tx),
     ] {
         family(&mut out, name, kind, values.iter().map(|(cluster, value)| (cluster_label(cluster), *value)));
     }
+    let throttles = [("throttle-service", throttled_services), ("throttle-route", throttled_routes)];
+    let throttles = throttles.map(|(throttle, value)| (format!("http_local_rate_limit=\"{throttle}\""), value));
+    family(&mut out, "http_local_rate_limiter", "counter", throttles);
     let _ = writeln!(out, "# TYPE osm_request_duration_ms histogram");
     for (cluster, (buckets, sum, count)) in &durations {
         // `ns/svc|port`: the destination's namespace and service.
@@ -404,5 +447,54 @@ mod tests {
         assert_eq!((bare.name, bare.value), ("edgeplane_config_generation", 3.0));
         assert!(parse_sample("# HELP x y").is_none());
         assert!(parse_sample("broken{a=\"1\" 2").is_none());
+    }
+
+    /// Each edgeplane series lands in its osm-edge family, under the
+    /// cluster's name; clusters without traffic get zeros.
+    #[test]
+    fn edgeplane_series_become_the_osm_families() {
+        let source = r#"
+edgeplane_upstream_timeouts_total{cluster="ns/a|80"} 1
+edgeplane_upstream_resets_total{cluster="ns/a|80"} 2
+edgeplane_upstream_cancelled_total{cluster="ns/a|80"} 3
+edgeplane_upstream_connect_failed_requests_total{cluster="ns/a|80"} 4
+edgeplane_upstream_connections_closed_mid_request_total{cluster="ns/a|80",by="local"} 5
+edgeplane_upstream_connections_closed_mid_request_total{cluster="ns/a|80",by="remote"} 6
+edgeplane_upstream_connect_errors_total{cluster="ns/a|80",reason="timeout"} 7
+edgeplane_upstream_connect_errors_total{cluster="ns/a|80",reason="refused"} 100
+edgeplane_upstream_retries_total{cluster="ns/a|80"} 8
+edgeplane_upstream_overflow_total{cluster="ns/a|80",limit="max_requests"} 9
+edgeplane_rate_limited_total{limiter="cluster/ns/a|80"} 10
+edgeplane_rate_limited_total{limiter="cluster/ns/b|80"} 1
+edgeplane_rate_limited_total{limiter="route/inbound/ns/a/0"} 11
+edgeplane_rate_limited_total{limiter="listener/inbound/connections"} 50
+"#;
+        let pod = PodLabels { namespace: "ns".into(), kind: "Deployment".into(), name: "sa".into(), pod: "p".into() };
+        let out = render(source, ["ns/a|80", "ns/idle|80"].into_iter(), &pod);
+        let a = "{sidecar_cluster_name=\"ns/a|80\"}";
+        for (family, value) in [
+            ("sidecar_cluster_upstream_rq_timeout", 1),
+            ("sidecar_cluster_upstream_rq_rx_reset", 2),
+            ("sidecar_cluster_upstream_rq_tx_reset", 3),
+            ("sidecar_cluster_upstream_rq_pending_failure_eject", 4),
+            ("sidecar_cluster_upstream_cx_destroy_local_with_active_rq", 5),
+            ("sidecar_cluster_upstream_cx_destroy_remote_with_active_rq", 6),
+            ("sidecar_cluster_upstream_cx_connect_timeout", 7),
+            ("sidecar_cluster_upstream_rq_retry", 8),
+            ("sidecar_cluster_upstream_rq_pending_overflow", 9),
+        ] {
+            assert!(out.contains(&format!("{family}{a} {value}\n")), "no {family} {value} in\n{out}");
+            let idle = format!("{family}{{sidecar_cluster_name=\"ns/idle|80\"}} 0\n");
+            assert!(out.contains(&idle), "no {idle} in\n{out}");
+        }
+        assert!(out.contains("http_local_rate_limiter{http_local_rate_limit=\"throttle-service\"} 11\n"), "{out}");
+        assert!(out.contains("http_local_rate_limiter{http_local_rate_limit=\"throttle-route\"} 11\n"), "{out}");
+
+        // `/stats` as `stats.js` writes retries and rate limits.
+        let stats = stats_text(&out, false);
+        assert!(stats.contains("cluster.ns/a|80.upstream_rq_retry: 8\n"), "{stats}");
+        assert!(stats.contains("http_local_rate_limiter.http_local_rate_limit.rate_limited: 11\n"), "{stats}");
+        assert!(stats.contains(&format!("sidecar_cluster_upstream_rq_tx_reset{a} 3\n")), "{stats}");
+        assert!(!stats.contains('#'), "{stats}");
     }
 }

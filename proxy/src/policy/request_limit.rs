@@ -18,6 +18,8 @@ pub struct RequestLimiter {
     backlog: Backlog,
     status: StatusCode,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// `edgeplane_rate_limited_total` of this limiter.
+    refused: prometheus_client::metrics::counter::Counter,
 }
 
 enum Buckets {
@@ -37,7 +39,10 @@ impl std::fmt::Debug for RequestLimiter {
 static RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
 
 impl RequestLimiter {
-    pub fn compile(config: &config_model::RateLimit) -> Result<Self, String> {
+    pub fn compile(
+        config: &config_model::RateLimit,
+        refused: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Self, String> {
         let per = config.per.parse()?;
         let burst = config.burst.unwrap_or(config.requests);
         let now = Instant::now();
@@ -64,6 +69,7 @@ impl RequestLimiter {
             backlog: Backlog::new(config.backlog),
             status: StatusCode::from_u16(config.status).map_err(|e| e.to_string())?,
             headers,
+            refused,
         })
     }
 
@@ -121,7 +127,10 @@ pub async fn admit<'a>(
                 tokio::time::sleep(wait).await;
                 drop(guard);
             }
-            Decision::Reject { retry_after } => return Err((limiter.clone(), retry_after)),
+            Decision::Reject { retry_after } => {
+                limiter.refused.inc();
+                return Err((limiter.clone(), retry_after));
+            }
         }
     }
     Ok(())

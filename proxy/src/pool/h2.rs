@@ -151,16 +151,20 @@ async fn dial(endpoint: Arc<EndpointState>, timeout: Duration) -> Result<Connect
             endpoint.metrics.connect_error("handshake");
             ConnectError::Handshake(e.to_string())
         })?;
+    let state =
+        Arc::new(ConnectionState { streams: AtomicU32::new(0), released_at: AtomicU64::new(millis_since_epoch()) });
+    let watched = state.clone();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
+            // The pool lets a connection go only once its streams are done,
+            // so one that fails under live streams was cut by the upstream
+            // (a reset, a GOAWAY with an error, a dead peer). A graceful
+            // GOAWAY ends without an error after its streams finished.
+            if watched.streams.load(Ordering::Relaxed) > 0 {
+                endpoint.metrics.closed_mid_request(true);
+            }
         }
     });
-    Ok(Connection {
-        sender,
-        state: Arc::new(ConnectionState {
-            streams: AtomicU32::new(0),
-            released_at: AtomicU64::new(millis_since_epoch()),
-        }),
-    })
+    Ok(Connection { sender, state })
 }

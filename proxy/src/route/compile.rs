@@ -17,7 +17,8 @@ use super::matcher::{
 use super::*;
 use crate::balance::Balancer;
 use crate::metrics::{
-    ConnectionLabels, DirectionLabels, ListenerLabels, LocalReplyLabels, Metrics, Name, RequestMetrics, TcpLabels,
+    ConnectionLabels, DirectionLabels, LimiterLabels, ListenerLabels, LocalReplyLabels, Metrics, Name, RequestMetrics,
+    TcpLabels,
 };
 use crate::mqtt::topic_metrics::TopicCounts;
 use crate::policy::breaker::{BreakerSettings, DegradeBreaker};
@@ -307,6 +308,7 @@ fn compile_cluster(
         breaker,
         rate_limit: request_limiter(
             registry,
+            metrics,
             || format!("{path}.rate_limit"),
             || format!("cluster/{}", cluster.name),
             cluster.rate_limit.as_deref(),
@@ -510,6 +512,7 @@ fn compile_listener(
         },
         rate_limit: request_limiter(
             registry,
+            metrics,
             || format!("{path}.rate_limit"),
             || format!("listener/{}", listener.name),
             listener.rate_limit.as_ref(),
@@ -519,6 +522,7 @@ fn compile_listener(
                 let per = duration(|| format!("{path}.connection_rate_limit.per"), &limit.per)?;
                 let burst = limit.burst.unwrap_or(limit.connections);
                 let key = format!("listener/{}/connections", listener.name);
+                let refused = refusals(metrics, &key);
                 let (bucket, _) = registry.policy_state(key, policy_hash(limit), || {
                     crate::policy::rate_limit::TokenBucket::new(
                         limit.connections,
@@ -527,7 +531,7 @@ fn compile_listener(
                         tokio::time::Instant::now(),
                     )
                 });
-                Some(bucket)
+                Some(ConnectionRateLimit { bucket, refused })
             }
             None => None,
         },
@@ -684,6 +688,7 @@ fn compile_route(
         },
         rate_limit: request_limiter(
             registry,
+            metrics,
             || format!("{path}.rate_limit"),
             || format!("route/{listener}/{name}"),
             route.rate_limit.as_deref(),
@@ -708,13 +713,20 @@ fn policy_hash<T: serde::Serialize>(policy: &T) -> u64 {
 
 fn request_limiter(
     registry: &Registry,
+    metrics: &Metrics,
     path: impl FnOnce() -> String,
     key: impl FnOnce() -> String,
     limit: Option<&config_model::RateLimit>,
 ) -> Result<Option<Arc<RequestLimiter>>, CompileError> {
     let Some(limit) = limit else { return Ok(None) };
-    let compiled = RequestLimiter::compile(limit).map_err(|m| invalid(path(), m))?;
-    Ok(Some(registry.policy_state(key(), policy_hash(limit), || compiled).0))
+    let key = key();
+    let compiled = RequestLimiter::compile(limit, refusals(metrics, &key)).map_err(|m| invalid(path(), m))?;
+    Ok(Some(registry.policy_state(key, policy_hash(limit), || compiled).0))
+}
+
+/// The refusal counter of the rate limiter kept under `key`.
+fn refusals(metrics: &Metrics, key: &str) -> prometheus_client::metrics::counter::Counter {
+    metrics.rate_limited.get_or_create(&LimiterLabels { limiter: Name::new(key) }).clone()
 }
 
 fn header_edits(path: impl Fn() -> String, edits: &config_model::HeaderEdits) -> Result<HeaderEdits, CompileError> {

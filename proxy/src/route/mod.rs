@@ -76,7 +76,7 @@ pub struct ListenerTable {
     pub mqtt: MqttSettings,
     pub metrics: ListenerMetrics,
     pub rate_limit: Option<Arc<RequestLimiter>>,
-    pub connection_rate_limit: Option<Arc<crate::policy::rate_limit::TokenBucket>>,
+    pub connection_rate_limit: Option<ConnectionRateLimit>,
     pub bandwidth: Option<crate::policy::throttle::BandwidthLimits>,
 }
 
@@ -168,6 +168,13 @@ pub struct HttpSettings {
     pub max_concurrent_streams: u32,
     /// Plaintext requests get this redirect status towards `https` (with this port).
     pub redirect_https: Option<(http::StatusCode, Option<u16>)>,
+}
+
+/// New connections per period on a listener; the bucket outlives reloads.
+pub struct ConnectionRateLimit {
+    pub bucket: Arc<crate::policy::rate_limit::TokenBucket>,
+    /// `edgeplane_rate_limited_total{limiter="listener/<name>/connections"}`.
+    pub refused: Counter,
 }
 
 /// Per-listener metric handles, resolved at compile time.

@@ -343,7 +343,8 @@ impl UpstreamBody {
     /// Returns the connection to the pool when the body has ended cleanly.
     fn finish_if_done(&mut self) {
         if self.is_done() {
-            if let Some(connection) = self.connection.take() {
+            if let Some(mut connection) = self.connection.take() {
+                connection.finish_request();
                 // Bytes beyond the body mean the upstream broke framing.
                 if self.reusable && self.buf.is_empty() {
                     raw::checkin(&self.endpoint, connection);
@@ -417,6 +418,9 @@ impl Body for UpstreamBody {
             }
             // Nothing buffered: read more.
             if ready!(this.poll_fill(cx))? == 0 {
+                if let (Some(connection), BodyFraming::UntilClose) = (this.connection.as_mut(), &this.framing) {
+                    connection.finish_request();
+                }
                 this.connection = None;
                 return Poll::Ready(match this.framing {
                     BodyFraming::UntilClose => None,

@@ -485,6 +485,7 @@ impl Connection {
             let Some(sent) = until_client_leaves(&mut self.stream, &mut self.buf, waiting).await else {
                 // Nobody is waiting for the answer any more: drop the upstream
                 // connection, which also tells the upstream to stop.
+                endpoint.metrics.cancelled.inc();
                 return Err(ExchangeError::DuringResponse);
             };
             match sent {
@@ -607,6 +608,7 @@ impl Connection {
                 upstream_clean = false;
             }
         }
+        upstream.finish_request();
         if upstream_clean && !response.upstream_close && self.upstream_buf.is_empty() {
             raw::checkin(endpoint, upstream);
         }
