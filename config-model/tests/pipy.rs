@@ -73,6 +73,8 @@ fn bookstore_inbound() {
     assert!(restricted["match"].get("host").is_none(), "one service on the port: the port decides");
     assert_eq!(restricted["cluster"], "bookstore/bookstore|14001|local");
     assert_eq!(restricted["timeout"], "60s");
+    // The pod's identity for the caller's sidecar (`namespace,kind,name,pod`).
+    assert_eq!(restricted["response_headers"], json!({ "set": { "osm-stats": "default,Deployment,default," } }));
     let limit = &restricted["rate_limit"];
     assert_eq!((limit["requests"].as_u64(), limit["per"].as_str()), (Some(10), Some("60s")));
     assert_eq!((limit["burst"].as_u64(), limit["status"].as_u64()), (Some(5), Some(429)));
@@ -125,6 +127,11 @@ fn bookbuyer_outbound() {
     assert_eq!(outbound["transparent"]["unmatched"], "refuse", "EnableEgress is false");
     let service = "outbound/14001/bookstore.bookstore.svc.cluster.local";
     let canary = route(outbound, &format!("{service}/0"));
+    // osm-edge's identity header of the destination sidecar stops here.
+    assert_eq!(
+        canary["response_headers"]["remove"],
+        json!(["osm-stats", "osm-stats-namespace", "osm-stats-kind", "osm-stats-name", "osm-stats-pod"])
+    );
     assert_eq!(canary["match"]["path"], json!({ "regex": ".*(?:/books).*" }), "osm-edge searches the path");
     assert_eq!(canary["match"]["headers"], json!({ "x-canary": { "regex": "(?:^yes$)" } }));
     assert_eq!(canary["match"]["method"], json!(["GET", "POST"]));

@@ -773,6 +773,11 @@ async fn an_osm_edge_sidecar_config_from_a_pipy_repo_serves_the_pod() {
         statuses.push(curl_status(&t, &t.server, &["-H", "serviceidentity: bookbuyer.bookbuyer", &limited]).await.0);
     }
     assert_eq!(statuses, [200, 200, 429]);
+    // The pod's identity for the caller's sidecar, as osm-edge's inbound side sends it.
+    let identity = "serviceidentity: bookbuyer.bookbuyer";
+    let (status, head) = curl_status(&t, &t.server, &["-D", "-", "-o", "/dev/null", "-H", identity, &app]).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.to_ascii_lowercase().contains("\nosm-stats: bookbuyer,deployment,bookbuyer,\r\n"), "{head}");
 
     // The kubelet's probes (from the host side, as the rewritten probes send
     // them): liveness to the app's /healthz, readiness by the TCP health
@@ -941,6 +946,10 @@ async fn two_osm_edge_sidecars_carry_bookbuyer_to_bookstore_over_mtls() {
         v1 += usize::from(json["upstream"] == "v1");
     }
     assert!((60..=96).contains(&v1), "{v1} of 100 to v1 with an 80/20 split");
+    // bookstore's sidecar labels its answers with `osm-stats`; bookbuyer's keeps it from the app.
+    let (status, head) = curl_status(&t, &t.app, &["-D", "-", "-o", "/dev/null", &books]).await;
+    assert_eq!(status, 200);
+    assert!(!head.to_ascii_lowercase().contains("osm-stats"), "{head}");
 
     // B3 trace headers pass through both sidecars as the app sent them.
     let b3 = [

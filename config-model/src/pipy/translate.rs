@@ -35,6 +35,11 @@ pub fn translate(text: &str, context: &SidecarContext) -> Result<Translation, Lo
     Ok(Translation { config, warnings: translator.warnings, probes })
 }
 
+/// Response headers osm-edge's inbound sidecars add for the caller's
+/// sidecar (one header in current releases, four in older ones).
+const OSM_STATS_HEADERS: [&str; 5] =
+    ["osm-stats", "osm-stats-namespace", "osm-stats-kind", "osm-stats-name", "osm-stats-pod"];
+
 struct Translator<'a> {
     context: &'a SidecarContext,
     warnings: Vec<String>,
@@ -220,6 +225,8 @@ impl Translator<'_> {
                         if let Some(identity) = &identity {
                             route.insert("request_headers".into(), json!({ "set": { "serviceidentity": identity } }));
                         }
+                        // The upstream sidecar's identity header is for this sidecar's stats, not the app.
+                        route.insert("response_headers".into(), json!({ "remove": OSM_STATS_HEADERS }));
                         if let Some(retry) = self.retry_of(&rule.target_clusters) {
                             route.insert("retry".into(), retry);
                         }
@@ -400,6 +407,7 @@ impl Translator<'_> {
                             None => known_sources.clone(),
                         };
                         let service_limit = self.http_rate_limit(&rules_path, rules.rate_limit.as_ref());
+                        let stats_identity = self.stats_identity();
                         // Rules for named identities first: osm-edge looks a
                         // request up by its `serviceidentity` header before the
                         // rules open to every identity.
@@ -425,6 +433,9 @@ impl Translator<'_> {
                             }
                             if let Some(limit) = self.http_rate_limit(&rule_path, rule.rate_limit.as_ref()) {
                                 route.insert("rate_limit".into(), limit);
+                            }
+                            if let Some(identity) = &stats_identity {
+                                route.insert("response_headers".into(), json!({ "set": { "osm-stats": identity } }));
                             }
                             if !sources.is_empty() {
                                 let mut from_pods = base.clone();
@@ -552,6 +563,24 @@ impl Translator<'_> {
         if rules.egress_forward_gateway.as_ref().is_some_and(|p| !p.is_null()) {
             self.warn(format!("{path}.EgressForwardGateway: egress gateways are not supported"));
         }
+    }
+
+    /// The `osm-stats` value the inbound side puts on responses, as
+    /// osm-edge's sidecar does (`namespace,kind,name,pod`), so the caller's
+    /// sidecar can label its request durations by destination. None (with
+    /// a warning, once) when the pod's environment would not make a header value.
+    fn stats_identity(&mut self) -> Option<String> {
+        let context = self.context;
+        let identity = [&context.namespace, &context.controller_kind, &context.service_account, &context.pod_name]
+            .map(String::as_str)
+            .join(",");
+        if identity.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Some(identity);
+        }
+        if !self.warnings.iter().any(|w| w.starts_with("osm-stats:")) {
+            self.warn(format!("osm-stats: {identity:?} is not a header value; responses carry no osm-stats"));
+        }
+        None
     }
 
     /// A service's limit, shared by all its rules as osm-edge's one bucket
