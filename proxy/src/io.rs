@@ -35,6 +35,9 @@ macro_rules! write_through_inner {
             Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
         }
 
+        write_through_inner!(@rest);
+    };
+    (@rest) => {
         fn is_write_vectored(&self) -> bool {
             self.inner.is_write_vectored()
         }
@@ -46,6 +49,26 @@ macro_rules! write_through_inner {
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.inner).poll_shutdown(cx)
         }
+    };
+    // As `()`, showing each write's result to the wrapper's `$observe` method first.
+    ($observe:ident) => {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+            self.$observe(&result);
+            result
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            self.$observe(&result);
+            result
+        }
+
+        write_through_inner!(@rest);
     };
 }
 
@@ -118,6 +141,12 @@ impl UpstreamStream {
         self.mid_request = false;
     }
 
+    fn saw_write(&mut self, result: &Poll<io::Result<usize>>) {
+        if matches!(result, Poll::Ready(Err(_))) {
+            self.peer_closed = true;
+        }
+    }
+
     /// Whether the cluster lets this connection serve another request.
     pub fn may_serve_more(&self) -> bool {
         self.endpoint.cluster_state.connection_reusable(self.served)
@@ -150,37 +179,7 @@ impl AsyncRead for UpstreamStream {
 }
 
 impl AsyncWrite for UpstreamStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Err(_))) {
-            self.peer_closed = true;
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Err(_))) {
-            self.peer_closed = true;
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    write_through_inner!(saw_write);
 }
 
 /// Counts the bytes read from and written to a client connection into the
@@ -194,6 +193,12 @@ pub struct Metered<S> {
 impl<S> Metered<S> {
     pub fn new(inner: S, rx: Counter, tx: Counter) -> Self {
         Metered { inner, rx, tx }
+    }
+
+    fn count_written(&self, result: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = result {
+            self.tx.inc_by(*n as u64);
+        }
     }
 }
 
@@ -210,37 +215,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = result {
-            self.tx.inc_by(n as u64);
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = result {
-            self.tx.inc_by(n as u64);
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    write_through_inner!(count_written);
 }
 
 /// Writes all of `bytes` and flushes. Over TLS a write can leave records in
