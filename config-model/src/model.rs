@@ -336,6 +336,11 @@ pub struct Route {
     /// Rate limit of the requests this route takes. HTTP only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Box<RateLimit>>,
+    /// New TCP connections per period this route takes (opaque TCP routes
+    /// only); excess connections are closed at once. osm-edge's per-port
+    /// connection limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_rate_limit: Option<Box<ConnectionRateLimit>>,
     /// Verify a JSON Web Token on every request of this route; failures get `401`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<Box<JwtAuth>>,

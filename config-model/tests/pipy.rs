@@ -95,7 +95,9 @@ fn bookstore_inbound() {
     let tcp = route(inbound, "inbound/9000/tcp");
     assert_eq!(tcp["cluster"], "bookstore/bookstore|9000|local");
     assert_eq!(tcp["match"]["source"]["addresses"], json!(["10.244.1.7", "10.244.2.9"]));
-    assert_eq!(inbound["connection_rate_limit"], json!({ "connections": 5, "per": "1s", "burst": 10 }));
+    // osm-edge limits connections per port: the TCP port's route holds it.
+    assert_eq!(tcp["connection_rate_limit"], json!({ "connections": 5, "per": "1s", "burst": 10 }));
+    assert!(inbound.get("connection_rate_limit").is_none());
 
     let app = cluster(&config, "bookstore/bookstore|14001|local");
     assert_eq!(app["endpoints"], json!([{ "address": "127.0.0.1:14001", "weight": 100, "priority": 0 }]));

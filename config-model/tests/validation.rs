@@ -245,10 +245,11 @@ listeners:
     routes:
       - cluster: api
         retry: { attempts: 17, retry_on: [retriable-status-codes], backoff_base: 0s }
+      - { match: { path: { prefix: /x } }, cluster: api, connection_rate_limit: { connections: 5 } }
   - name: db
     bind: 127.0.0.1:3306
     protocol: tcp
-    routes: [ { cluster: api, retry: {} } ]
+    routes: [ { cluster: api, retry: {}, connection_rate_limit: { connections: 0 } } ]
 clusters:
   - name: api
     endpoints: [ { address: 127.0.0.1:9001, priority: 99 } ]
@@ -270,6 +271,8 @@ clusters:
         "listeners[0].routes[0].retry.status_codes: retriable-status-codes needs at least one status code",
         "listeners[0].routes[0].retry.backoff_base: must be greater than 0",
         "listeners[1].routes[0].retry: HTTP retries on a tcp listener",
+        "listeners[1].routes[0].connection_rate_limit.connections: must be at least 1",
+        "listeners[0].routes[1].connection_rate_limit: a route's connection limit needs an opaque TCP route",
         "clusters[0].endpoints[0].priority: must be between 0 and 15",
         "clusters[0].limits.max_requests: must be at least 1",
         "clusters[0].breaker.error_ratio: must be greater than 0 and at most 1",

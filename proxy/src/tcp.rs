@@ -51,6 +51,13 @@ pub async fn relay(
         );
         return;
     }
+    if let Some(limit) = &route.connection_rate_limit {
+        if limit.bucket.try_acquire(tokio::time::Instant::now()).is_err() {
+            limit.refused.inc();
+            listener.metrics.local_reply("rate_limited");
+            return;
+        }
+    }
     let target = route.split.pick();
     let cluster = &table.clusters[target.cluster];
     let pick = PickInput { client_ip: client_addr.ip(), hash_header: None };

@@ -595,6 +595,8 @@ async fn connection_rate_limit_closes_excess_connections() {
         let limited =
             proxy.metric("edgeplane_http_local_replies_total", &[("listener", "front"), ("reason", "rate_limited")]);
         assert_eq!(limited.await, Some(1.0));
+        let by_limiter = proxy.metric("edgeplane_rate_limited_total", &[("limiter", "listener/front/connections")]);
+        assert_eq!(by_limiter.await, Some(1.0));
 
         // The admitted ones are unaffected.
         for (i, stream) in open.iter_mut().enumerate() {
@@ -603,6 +605,39 @@ async fn connection_rate_limit_closes_excess_connections() {
             stream.read_exact(&mut buf).await.unwrap_or_else(|e| panic!("connection {i}: {e}"));
             assert_eq!(&buf, b"pong");
         }
+    })
+    .await;
+}
+
+/// A TCP route's own connection limit (osm-edge's per-port limit): the
+/// route takes `connections` per period and closes the rest at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_routes_connection_limit_closes_its_excess_connections() {
+    guard(async {
+        let echo = TcpEcho::start().await;
+        let yaml = format!(
+            "listeners:\n  - name: front\n    bind: 127.0.0.1:0\n    protocol: tcp\n    routes:\n      - {{ name: db, cluster: echo, connection_rate_limit: {{ connections: 2, per: 10s }} }}\nclusters:\n  - name: echo\n    endpoints: [ \"{}\" ]\n",
+            echo.addr()
+        );
+        let proxy = TestProxy::start(&yaml);
+        let addr = proxy.addr("front");
+        let mut open = Vec::new();
+        for i in 0..2 {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(b"ping").await.expect("write");
+            let mut buf = [0u8; 4];
+            stream.read_exact(&mut buf).await.unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            open.push(stream);
+        }
+        let mut third = TcpStream::connect(addr).await.expect("the kernel still accepts");
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+            .await
+            .expect("the third connection was kept open");
+        assert!(matches!(read, Ok(0) | Err(_)), "the third connection got data: {read:?}");
+        assert_eq!(echo.connections(), 2, "an excess connection reached the upstream");
+        let refused = proxy.metric("edgeplane_rate_limited_total", &[("limiter", "route/front/db/connections")]);
+        assert_eq!(refused.await, Some(1.0));
     })
     .await;
 }

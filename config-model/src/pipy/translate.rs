@@ -506,9 +506,15 @@ impl Translator<'_> {
                         "per": seconds(local.stat_time_window.filter(|s| *s > 0.0).unwrap_or(1.0)),
                         "burst": local.burst.filter(|b| *b > 0),
                     });
-                    if connection_limit.replace(value).is_some() {
+                    // A TCP port's limit is its route's, as osm-edge limits per port.
+                    let tcp_route = format!("inbound/{port}/tcp");
+                    let route = routes.iter_mut().find(|r| r["name"] == tcp_route.as_str());
+                    if let Some(route) = route {
+                        route["connection_rate_limit"] = value;
+                    } else if connection_limit.replace(value).is_some() {
                         self.warn(format!(
-                            "{path}.RateLimit: connection limits are per listener here; the last port's limit applies to all"
+                            "{path}.RateLimit: connection limits of HTTP ports are per listener here; the last \
+                             port's limit applies to all of them"
                         ));
                     }
                 }

@@ -277,6 +277,21 @@ impl Validator {
                 }
             }
             self.route(&route_path, route, clusters);
+            if let Some(limit) = &route.connection_rate_limit {
+                let limit_path = format!("{route_path}.connection_rate_limit");
+                self.connection_rate_limit(&limit_path, limit);
+                let relays_tcp = matches!(listener.protocol, ListenerProtocol::Tcp | ListenerProtocol::Auto)
+                    && !route.matches.has_http_criteria()
+                    && !route.matches.has_mqtt_criteria()
+                    && route.direct_response.is_none();
+                if !relays_tcp {
+                    self.error(
+                        limit_path,
+                        "a route's connection limit needs an opaque TCP route (a tcp or auto listener, no HTTP \
+                         or MQTT criteria, no direct response); use the listener's connection_rate_limit",
+                    );
+                }
+            }
             if let Some(destination) = &route.matches.destination {
                 self.destination(&route_path, destination, listener.transparent.is_some());
             }

@@ -217,6 +217,9 @@ fn stats_text(metrics: &str, clusters_only: bool) -> String {
             Some(("http_local_rate_limiter", sample)) => {
                 writeln!(body, "http_local_rate_limiter.http_local_rate_limit.rate_limited: {}", sample.value)
             }
+            Some(("sidecar_local_rate_limit_inbound", sample)) => {
+                writeln!(body, "local_rate_limit.inbound_{}.rate_limited: {}", sample.label("label"), sample.value)
+            }
             _ => writeln!(body, "{line}"),
         };
     }
@@ -288,6 +291,8 @@ fn render<'a>(source: &str, clusters: impl Iterator<Item = &'a str>, pod: &PodLa
     let mut durations: BTreeMap<String, (BTreeMap<u32, f64>, f64, f64)> = BTreeMap::new();
     // osm-edge's service and route throttles are clusters' and routes' limits here.
     let (mut throttled_services, mut throttled_routes) = (0.0, 0.0);
+    // Inbound TCP port → connections its limit refused.
+    let mut throttled_ports: BTreeMap<u16, f64> = BTreeMap::new();
     for sample in source.lines().filter_map(parse_sample) {
         let cluster = sample.label("cluster").to_owned();
         match sample.name {
@@ -316,10 +321,17 @@ fn render<'a>(source: &str, clusters: impl Iterator<Item = &'a str>, pod: &PodLa
             }
             "edgeplane_rate_limited_total" => {
                 let limiter = sample.label("limiter");
-                if limiter.starts_with("cluster/") {
-                    throttled_services += sample.value;
-                } else if limiter.starts_with("route/") {
-                    throttled_routes += sample.value;
+                // The translator names an inbound TCP port's route `inbound/<port>/tcp`.
+                let tcp_port = limiter
+                    .strip_prefix("route/inbound/inbound/")
+                    .and_then(|rest| rest.strip_suffix("/tcp/connections").and_then(|port| port.parse::<u16>().ok()));
+                match tcp_port {
+                    Some(port) => *throttled_ports.entry(port).or_default() += sample.value,
+                    // Other connection limits have no osm-edge family.
+                    None if limiter.ends_with("/connections") => {}
+                    None if limiter.starts_with("cluster/") => throttled_services += sample.value,
+                    None if limiter.starts_with("route/") => throttled_routes += sample.value,
+                    None => {}
                 }
             }
             "edgeplane_tcp_bytes_total" => {
@@ -395,6 +407,12 @@ fn render<'a>(source: &str, clusters: impl Iterator<Item = &'a str>, pod: &PodLa
     let throttles = [("throttle-service", throttled_services), ("throttle-route", throttled_routes)];
     let throttles = throttles.map(|(throttle, value)| (format!("http_local_rate_limit=\"{throttle}\""), value));
     family(&mut out, "http_local_rate_limiter", "counter", throttles);
+    // osm-edge's label: `<namespace>/<pod name up to its first dash>_<port>_<protocol>`.
+    let pod_prefix = pod.pod.split('-').next().unwrap_or("");
+    let ports = throttled_ports.iter().map(|(port, value)| {
+        (format!("label=\"{}/{}_{port}_tcp\"", escape(&pod.namespace), escape(pod_prefix)), *value)
+    });
+    family(&mut out, "sidecar_local_rate_limit_inbound", "counter", ports);
     let _ = writeln!(out, "# TYPE osm_request_duration_ms histogram");
     for (cluster, (buckets, sum, count)) in &durations {
         // `ns/svc|port`: the destination's namespace and service.
@@ -468,8 +486,14 @@ edgeplane_rate_limited_total{limiter="cluster/ns/a|80"} 10
 edgeplane_rate_limited_total{limiter="cluster/ns/b|80"} 1
 edgeplane_rate_limited_total{limiter="route/inbound/ns/a/0"} 11
 edgeplane_rate_limited_total{limiter="listener/inbound/connections"} 50
+edgeplane_rate_limited_total{limiter="route/inbound/inbound/9000/tcp/connections"} 12
 "#;
-        let pod = PodLabels { namespace: "ns".into(), kind: "Deployment".into(), name: "sa".into(), pod: "p".into() };
+        let pod = PodLabels {
+            namespace: "ns".into(),
+            kind: "Deployment".into(),
+            name: "sa".into(),
+            pod: "fortio-5d8f-x".into(),
+        };
         let out = render(source, ["ns/a|80", "ns/idle|80"].into_iter(), &pod);
         let a = "{sidecar_cluster_name=\"ns/a|80\"}";
         for (family, value) in [
@@ -489,11 +513,13 @@ edgeplane_rate_limited_total{limiter="listener/inbound/connections"} 50
         }
         assert!(out.contains("http_local_rate_limiter{http_local_rate_limit=\"throttle-service\"} 11\n"), "{out}");
         assert!(out.contains("http_local_rate_limiter{http_local_rate_limit=\"throttle-route\"} 11\n"), "{out}");
+        assert!(out.contains("sidecar_local_rate_limit_inbound{label=\"ns/fortio_9000_tcp\"} 12\n"), "{out}");
 
         // `/stats` as `stats.js` writes retries and rate limits.
         let stats = stats_text(&out, false);
         assert!(stats.contains("cluster.ns/a|80.upstream_rq_retry: 8\n"), "{stats}");
         assert!(stats.contains("http_local_rate_limiter.http_local_rate_limit.rate_limited: 11\n"), "{stats}");
+        assert!(stats.contains("local_rate_limit.inbound_ns/fortio_9000_tcp.rate_limited: 12\n"), "{stats}");
         assert!(stats.contains(&format!("sidecar_cluster_upstream_rq_tx_reset{a} 3\n")), "{stats}");
         assert!(!stats.contains('#'), "{stats}");
     }

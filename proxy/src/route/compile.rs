@@ -517,24 +517,13 @@ fn compile_listener(
             || format!("listener/{}", listener.name),
             listener.rate_limit.as_ref(),
         )?,
-        connection_rate_limit: match &listener.connection_rate_limit {
-            Some(limit) => {
-                let per = duration(|| format!("{path}.connection_rate_limit.per"), &limit.per)?;
-                let burst = limit.burst.unwrap_or(limit.connections);
-                let key = format!("listener/{}/connections", listener.name);
-                let refused = refusals(metrics, &key);
-                let (bucket, _) = registry.policy_state(key, policy_hash(limit), || {
-                    crate::policy::rate_limit::TokenBucket::new(
-                        limit.connections,
-                        per,
-                        burst,
-                        tokio::time::Instant::now(),
-                    )
-                });
-                Some(ConnectionRateLimit { bucket, refused })
-            }
-            None => None,
-        },
+        connection_rate_limit: connection_limiter(
+            registry,
+            metrics,
+            || format!("{path}.connection_rate_limit.per"),
+            format!("listener/{}/connections", listener.name),
+            listener.connection_rate_limit.as_ref(),
+        )?,
         bandwidth: crate::policy::throttle::BandwidthLimits::compile(
             &listener.bandwidth,
             registry,
@@ -693,6 +682,13 @@ fn compile_route(
             || format!("route/{listener}/{name}"),
             route.rate_limit.as_deref(),
         )?,
+        connection_rate_limit: connection_limiter(
+            registry,
+            metrics,
+            || format!("{path}.connection_rate_limit.per"),
+            format!("route/{listener}/{name}/connections"),
+            route.connection_rate_limit.as_deref(),
+        )?,
     })
 }
 
@@ -722,6 +718,24 @@ fn request_limiter(
     let key = key();
     let compiled = RequestLimiter::compile(limit, refusals(metrics, &key)).map_err(|m| invalid(path(), m))?;
     Ok(Some(registry.policy_state(key, policy_hash(limit), || compiled).0))
+}
+
+/// A connection rate limit's bucket (kept across reloads under `key`) and refusal counter.
+fn connection_limiter(
+    registry: &Registry,
+    metrics: &Metrics,
+    per_path: impl Fn() -> String,
+    key: String,
+    limit: Option<&config_model::ConnectionRateLimit>,
+) -> Result<Option<ConnectionRateLimit>, CompileError> {
+    let Some(limit) = limit else { return Ok(None) };
+    let per = duration(per_path, &limit.per)?;
+    let burst = limit.burst.unwrap_or(limit.connections);
+    let refused = refusals(metrics, &key);
+    let (bucket, _) = registry.policy_state(key, policy_hash(limit), || {
+        crate::policy::rate_limit::TokenBucket::new(limit.connections, per, burst, tokio::time::Instant::now())
+    });
+    Ok(Some(ConnectionRateLimit { bucket, refused }))
 }
 
 /// The refusal counter of the rate limiter kept under `key`.

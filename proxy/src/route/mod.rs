@@ -228,6 +228,8 @@ pub struct Route {
     pub response_edits: HeaderEdits,
     pub retry: Option<RetryPolicy>,
     pub rate_limit: Option<Arc<RequestLimiter>>,
+    /// New connections relayed as TCP through this route.
+    pub connection_rate_limit: Option<ConnectionRateLimit>,
 }
 
 impl Route {
