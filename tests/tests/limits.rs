@@ -570,27 +570,12 @@ async fn connection_rate_limit_closes_excess_connections() {
 
         let mut open = Vec::new();
         for i in 0..3 {
-            let mut stream = TcpStream::connect(addr).await.expect("connect");
-            stream.write_all(b"ping").await.expect("write");
-            let mut buf = [0u8; 4];
-            tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
-                .await
-                .unwrap_or_else(|_| panic!("connection {i}: no echo"))
-                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-            assert_eq!(&buf, b"ping");
-            open.push(stream);
+            open.push(echoed_connection(addr, i).await);
         }
         assert_eq!(echo.connections(), 3);
 
         // The fourth within the period is closed at once, before any upstream connection.
-        let mut fourth = TcpStream::connect(addr).await.expect("the kernel still accepts");
-        let started = Instant::now();
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(2), fourth.read(&mut buf))
-            .await
-            .expect("the fourth connection was kept open");
-        assert!(matches!(read, Ok(0) | Err(_)), "the fourth connection got data: {read:?}");
-        assert!(started.elapsed() < Duration::from_secs(1), "closed after {:?}", started.elapsed());
+        closed_at_once(addr, "the fourth").await;
         assert_eq!(echo.connections(), 3, "an excess connection reached the upstream");
         let limited =
             proxy.metric("edgeplane_http_local_replies_total", &[("listener", "front"), ("reason", "rate_limited")]);
@@ -621,23 +606,36 @@ async fn a_tcp_routes_connection_limit_closes_its_excess_connections() {
         );
         let proxy = TestProxy::start(&yaml);
         let addr = proxy.addr("front");
-        let mut open = Vec::new();
-        for i in 0..2 {
-            let mut stream = TcpStream::connect(addr).await.expect("connect");
-            stream.write_all(b"ping").await.expect("write");
-            let mut buf = [0u8; 4];
-            stream.read_exact(&mut buf).await.unwrap_or_else(|e| panic!("connection {i}: {e}"));
-            open.push(stream);
-        }
-        let mut third = TcpStream::connect(addr).await.expect("the kernel still accepts");
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
-            .await
-            .expect("the third connection was kept open");
-        assert!(matches!(read, Ok(0) | Err(_)), "the third connection got data: {read:?}");
+        let _open = [echoed_connection(addr, 0).await, echoed_connection(addr, 1).await];
+        closed_at_once(addr, "the third").await;
         assert_eq!(echo.connections(), 2, "an excess connection reached the upstream");
         let refused = proxy.metric("edgeplane_rate_limited_total", &[("limiter", "route/front/db/connections")]);
         assert_eq!(refused.await, Some(1.0));
     })
     .await;
+}
+
+/// A connection through the proxy whose `ping` came back.
+async fn echoed_connection(addr: SocketAddr, i: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("connection {i}: no echo"))
+        .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+    assert_eq!(&buf, b"ping");
+    stream
+}
+
+/// A connection the proxy accepts and closes at once, sending nothing.
+async fn closed_at_once(addr: SocketAddr, which: &str) {
+    let mut stream = TcpStream::connect(addr).await.expect("the kernel still accepts");
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{which} connection was kept open"));
+    assert!(matches!(read, Ok(0) | Err(_)), "{which} connection got data: {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "closed after {:?}", started.elapsed());
 }
