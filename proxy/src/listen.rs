@@ -82,9 +82,8 @@ async fn handle_connection(stream: TcpStream, client: SocketAddr, slot: usize, s
     let table = shared.table.load_full();
     let Some(listener) = table.listener(slot).cloned() else { return };
     if let Some(limit) = &listener.connection_rate_limit {
-        if limit.bucket.try_acquire(tokio::time::Instant::now()).is_err() {
+        if !limit.admit() {
             // Over the rate: close at once, before reading anything.
-            limit.refused.inc();
             listener.metrics.local_reply("rate_limited");
             return;
         }

@@ -51,12 +51,9 @@ pub async fn relay(
         );
         return;
     }
-    if let Some(limit) = &route.connection_rate_limit {
-        if limit.bucket.try_acquire(tokio::time::Instant::now()).is_err() {
-            limit.refused.inc();
-            listener.metrics.local_reply("rate_limited");
-            return;
-        }
+    if route.connection_rate_limit.as_ref().is_some_and(|limit| !limit.admit()) {
+        listener.metrics.local_reply("rate_limited");
+        return;
     }
     let target = route.split.pick();
     let cluster = &table.clusters[target.cluster];

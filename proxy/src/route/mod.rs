@@ -173,8 +173,19 @@ pub struct HttpSettings {
 /// New connections per period on a listener; the bucket outlives reloads.
 pub struct ConnectionRateLimit {
     pub bucket: Arc<crate::policy::rate_limit::TokenBucket>,
-    /// `edgeplane_rate_limited_total{limiter="listener/<name>/connections"}`.
+    /// `edgeplane_rate_limited_total{limiter=".../connections"}`.
     pub refused: Counter,
+}
+
+impl ConnectionRateLimit {
+    /// Takes a token for a new connection; false (and counted) when there is none.
+    pub fn admit(&self) -> bool {
+        let admitted = self.bucket.try_acquire(tokio::time::Instant::now()).is_ok();
+        if !admitted {
+            self.refused.inc();
+        }
+        admitted
+    }
 }
 
 /// Per-listener metric handles, resolved at compile time.
